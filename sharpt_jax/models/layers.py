@@ -1,0 +1,133 @@
+"""Small NNX building blocks shared by the T5 backbone, the instance encoder and SharPT.
+
+Every parameter carries logical axis names in its `out_sharding` metadata (`batch`, `length`,
+`embed`, `heads`, `kv`, `mlp`, `vocab`, `relpos`, `prompt`, `codebook`); `sharpt_jax.sharding` maps
+them onto the device mesh with one rules table. Parameters are created with `eager_sharding=False`
+so that models can be built (or `nnx.eval_shape`d) outside a mesh; the trainer places them.
+
+Dtype policy: parameters are stored in `param_dtype` (float32 unless a frozen backbone is cast to
+bfloat16), matrix products run in the compute `dtype`, and normalisation statistics are always
+computed in float32.
+"""
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
+
+
+def param(
+    rngs: nnx.Rngs,
+    init: Initializer,
+    shape: Sequence[int],
+    axes: tuple[str | None, ...],
+    param_dtype: jnp.dtype = jnp.float32,
+) -> nnx.Param:
+    """Creates an `nnx.Param` of `shape` whose metadata names its logical `axes`."""
+    if len(axes) != len(shape):
+        raise ValueError(f"axes {axes} do not match shape {tuple(shape)}")
+    value = init(rngs.params(), tuple(shape), param_dtype)
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+class Dense(nnx.Module):
+    """`y = x @ kernel (+ bias)` with kernel [in_features, out_features] on logical `axes`."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        axes: tuple[str | None, str | None],
+        *,
+        use_bias: bool = False,
+        kernel_init: Initializer = nnx.initializers.lecun_normal(),
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.dtype = dtype
+        self.kernel = param(rngs, kernel_init, (in_features, out_features), axes, param_dtype)
+        self.bias = (
+            param(rngs, nnx.initializers.zeros, (out_features,), (axes[1],), param_dtype)
+            if use_bias
+            else None
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [..., in_features] -> [..., out_features] in the compute dtype."""
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class Embed(nnx.Module):
+    """Token embedding table [num_embeddings, features] on axes ('vocab', 'embed')."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        features: int,
+        *,
+        axes: tuple[str | None, str | None] = ("vocab", "embed"),
+        embedding_init: Initializer = nnx.initializers.normal(1.0),
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.dtype = dtype
+        self.embedding = param(rngs, embedding_init, (num_embeddings, features), axes, param_dtype)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        """ids: [...] int -> [..., features] in the compute dtype."""
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """Logits against the table (tied output layer): x [..., features] -> [..., vocab]."""
+        return jnp.dot(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)
+
+
+class RMSNorm(nnx.Module):
+    """T5's layer norm: scale only, no mean subtraction, no bias; statistics in float32."""
+
+    def __init__(self, features: int, *, eps: float = 1e-6, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.eps, self.dtype = eps, dtype
+        self.scale = param(rngs, nnx.initializers.ones, (features,), ("embed",), param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(variance + self.eps)
+        return (y * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """BERT's layer norm (mean and variance, scale and bias); statistics in float32."""
+
+    def __init__(self, features: int, *, eps: float = 1e-12, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.eps, self.dtype = eps, dtype
+        self.scale = param(rngs, nnx.initializers.ones, (features,), ("embed",), param_dtype)
+        self.bias = param(rngs, nnx.initializers.zeros, (features,), ("embed",), param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        variance = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(variance + self.eps)
+        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+def dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
+    """Inverted dropout; the identity when `rngs` is None (evaluation) or `rate` is 0.
+
+    Models hold no RNG state: the train step passes `nnx.Rngs(dropout=fold_in(key, step))`, so a
+    resumed run draws exactly the masks an uninterrupted run would have drawn.
+    """
+    if rngs is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
