@@ -8,10 +8,11 @@ tensor of the right shape and every checkpoint tensor must be used, otherwise `C
 names the file and the parameter.
 """
 
+import dataclasses
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -63,8 +64,10 @@ def read_weights(folder: Path) -> tuple[dict[str, np.ndarray], str]:
     if single.is_file() or index.is_file():
         from safetensors import safe_open
 
-        files = [single] if single.is_file() else sorted(
-            {folder / f for f in json.loads(index.read_text())["weight_map"].values()}
+        files = (
+            [single]
+            if single.is_file()
+            else sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
         )
         weights = {}
         for file in files:
@@ -78,7 +81,9 @@ def read_weights(folder: Path) -> tuple[dict[str, np.ndarray], str]:
         import torch  # Only for checkpoints that exist solely as a PyTorch pickle.
 
         state = torch.load(bin_file, map_location="cpu", weights_only=True)
-        return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in state.items()}, str(bin_file)
+        return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in state.items()}, str(
+            bin_file
+        )
     raise CheckpointError(
         f"{folder}: no weights (looked for model.safetensors, model.safetensors.index.json and pytorch_model.bin)"
     )
@@ -106,12 +111,25 @@ class WeightReader:
 
     def check_all_used(self, ignore: Iterable[str] = ()) -> None:
         """Raises if a checkpoint tensor was not used, except names matching an `ignore` regex."""
-        unused = sorted(
-            n for n in self.weights if n not in self.used and not any(re.fullmatch(p, n) for p in ignore)
-        )
+        unused = sorted(n for n in self.weights if n not in self.used and not any(re.fullmatch(p, n) for p in ignore))
         if unused:
             shown = ", ".join(unused[:8]) + (f" and {len(unused) - 8} more" if len(unused) > 8 else "")
             raise CheckpointError(f"{self.source}: unused weights (unsupported variant?): {shown}")
+
+
+def take_params(
+    model: nnx.Module, reader: WeightReader, hf_name: Callable[[str], str]
+) -> dict[str, tuple[str, np.ndarray]]:
+    """{our parameter path: (hf name, array)} for every `nnx.Param` of `model`, named by `hf_name(path)`.
+
+    Every `.../kernel` is a torch Linear weight [out, in] in the checkpoint and is transposed to our [in, out].
+    """
+    values = {}
+    for param_path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        name = "/".join(str(k) for k in param_path)
+        array = reader.take(hf_name(name))
+        values[name] = (hf_name(name), array.T if name.endswith("/kernel") else array)
+    return values
 
 
 def assign_params(
@@ -147,3 +165,164 @@ def assign_params(
             )
         flat[path] = flat[path].replace(jnp.asarray(array, dtype=dtype))
     nnx.update(model, nnx.from_flat_state(flat))
+
+
+# ---------------------------------------------------------------------------------------------
+# T5.
+# ---------------------------------------------------------------------------------------------
+
+# Our '/'-joined parameter path (regex) -> Hugging Face name. Every `.../kernel` is a torch Linear weight
+# [out, in] and is transposed; the embedding table and the relative position bias are stored as we use them.
+_T5_NAMES = (
+    (r"shared/embedding", r"shared.weight"),
+    (r"lm_head/kernel", r"lm_head.weight"),
+    (r"(encoder|decoder)/relpos", r"\1.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+    (r"(encoder|decoder)/final_norm/scale", r"\1.final_layer_norm.weight"),
+    (r"(encoder|decoder)/blocks/(\d+)/self_norm/scale", r"\1.block.\2.layer.0.layer_norm.weight"),
+    (r"(encoder|decoder)/blocks/(\d+)/self_attn/(\w)/kernel", r"\1.block.\2.layer.0.SelfAttention.\3.weight"),
+    (r"decoder/blocks/(\d+)/cross_norm/scale", r"decoder.block.\1.layer.1.layer_norm.weight"),
+    (r"decoder/blocks/(\d+)/cross_attn/(\w)/kernel", r"decoder.block.\1.layer.1.EncDecAttention.\2.weight"),
+    (r"encoder/blocks/(\d+)/ffn_norm/scale", r"encoder.block.\1.layer.1.layer_norm.weight"),
+    (r"encoder/blocks/(\d+)/ffn/(\w+)/kernel", r"encoder.block.\1.layer.1.DenseReluDense.\2.weight"),
+    (r"decoder/blocks/(\d+)/ffn_norm/scale", r"decoder.block.\1.layer.2.layer_norm.weight"),
+    (r"decoder/blocks/(\d+)/ffn/(\w+)/kernel", r"decoder.block.\1.layer.2.DenseReluDense.\2.weight"),
+)
+# Checkpoint tensors that need no parameter of their own: copies of `shared.weight` (the tied lm_head is one
+# when the model is tied; an untied lm_head is used, so never reported), and a cross-attention position bias
+# that some old checkpoints carry although T5 never uses it (Hugging Face ignores it too).
+_T5_IGNORED = (
+    r"(encoder|decoder)\.embed_tokens\.weight",
+    r"lm_head\.weight",
+    r"decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight",
+)
+
+
+def _t5_hf_name(path: str) -> str:
+    for pattern, template in _T5_NAMES:
+        match = re.fullmatch(pattern, path)
+        if match:
+            return match.expand(template)
+    raise ValueError(f"T5 parameter {path} has no Hugging Face name in _T5_NAMES")
+
+
+def load_t5(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32):
+    """Builds our `T5` from a Hugging Face `T5ForConditionalGeneration` folder (or hub id).
+
+    Args:
+      path: a folder holding config.json and the weights, or a hub model id.
+      dtype: storage and compute dtype of the returned model (float32 or bfloat16).
+
+    Returns:
+      `sharpt_jax.models.t5.T5` holding the checkpoint's weights.
+
+    Raises:
+      CheckpointError: unsupported config, no weights, or a missing, unused or misshapen tensor.
+    """
+    from sharpt_jax.models import t5  # Here, not at the top: t5 imports this module for CheckpointError.
+
+    folder = resolve_folder(path)
+    try:
+        config = t5.T5Config.from_hf(read_config(folder))
+    except CheckpointError as err:
+        raise CheckpointError(f"{folder / 'config.json'}: {err}") from err
+    weights, source = read_weights(folder)
+    lm_head, shared = weights.get("lm_head.weight"), weights.get("shared.weight")
+    if config.tie_word_embeddings and lm_head is not None and shared is not None:
+        # transformers 5 writes tie_word_embeddings=true into every T5 config, also for v1.1 models whose
+        # lm_head differs from the embedding; like Hugging Face, a distinct lm_head in the file wins.
+        if not np.array_equal(lm_head, shared):
+            config = dataclasses.replace(config, tie_word_embeddings=False)
+    # Abstract build: the random init of a large model would only be thrown away.
+    model = nnx.eval_shape(lambda: t5.T5(config, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
+    reader = WeightReader(weights, source)
+    values = take_params(model, reader, _t5_hf_name)
+    reader.check_all_used(ignore=_T5_IGNORED)
+    assign_params(model, values, source, dtype)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# BERT-family instance encoder.
+# ---------------------------------------------------------------------------------------------
+
+# Our '/'-joined module path (regex) -> Hugging Face module name (after the model's prefix, see load_encoder).
+_ENCODER_MODULES = (
+    (r"embeddings/(word|position|token_type)", r"embeddings.\1_embeddings"),
+    (r"embeddings/norm", r"embeddings.LayerNorm"),
+    (r"layers/(\d+)/(query|key|value)", r"encoder.layer.\1.attention.self.\2"),
+    (r"layers/(\d+)/attention_output", r"encoder.layer.\1.attention.output.dense"),
+    (r"layers/(\d+)/attention_norm", r"encoder.layer.\1.attention.output.LayerNorm"),
+    (r"layers/(\d+)/(intermediate|output)", r"encoder.layer.\1.\2.dense"),
+    (r"layers/(\d+)/output_norm", r"encoder.layer.\1.output.LayerNorm"),
+    (r"pooler", r"pooler.dense"),
+)
+# Our leaf name -> Hugging Face's. A `kernel` is a torch Linear weight [out, in] and is transposed.
+_ENCODER_LEAVES = {"kernel": "weight", "bias": "bias", "scale": "weight", "embedding": "weight"}
+
+
+def _modern_norm_name(match: re.Match) -> str:
+    return "LayerNorm.weight" if match[1] == "gamma" else "LayerNorm.bias"
+
+
+def _encoder_hf_name(path: str) -> str:
+    module, leaf = path.rsplit("/", 1)
+    for pattern, template in _ENCODER_MODULES:
+        match = re.fullmatch(pattern, module)
+        if match:
+            return f"{match.expand(template)}.{_ENCODER_LEAVES[leaf]}"
+    raise ValueError(f"encoder parameter {path} has no Hugging Face name in _ENCODER_MODULES")
+
+
+def load_encoder(path: str | os.PathLike, pooling: str = "cls", dtype: jnp.dtype = jnp.float32):
+    """Builds our `InstanceEncoder` from a Hugging Face BERT or RoBERTa folder (or hub id).
+
+    Reads `BertModel` / `RobertaModel` folders and the task-model folders that wrap them
+    (`BertForMaskedLM`, `BertForPreTraining`, `RobertaForMaskedLM`, ...), whose encoder tensors carry a
+    `bert.` / `roberta.` prefix; the wrappers' task heads are ignored, and so are the pooler weights unless
+    `pooling` is 'pooler'.
+
+    Args:
+      path: a folder holding config.json and the weights, or a hub model id.
+      pooling: 'cls', 'pooler' or 'mean' (see `sharpt_jax.models.encoder`).
+      dtype: storage and compute dtype of the returned encoder (float32 or bfloat16); it returns float32.
+
+    Returns:
+      `sharpt_jax.models.encoder.InstanceEncoder` holding the checkpoint's weights.
+
+    Raises:
+      CheckpointError: unsupported config, no weights, no pooler weights for pooling='pooler', or a missing,
+        unused or misshapen tensor.
+    """
+    from sharpt_jax.models import encoder  # Here, not at the top: encoder imports this module.
+
+    folder = resolve_folder(path)
+    try:
+        config = encoder.BertConfig.from_hf(read_config(folder))
+    except CheckpointError as err:
+        raise CheckpointError(f"{folder / 'config.json'}: {err}") from err
+    weights, source = read_weights(folder)
+    # Checkpoints converted from Google's TensorFlow BERT (e.g. bert-base-uncased's pytorch_model.bin) call
+    # the layer norm parameters gamma and beta; Hugging Face renames them on load, and so do we.
+    weights = {re.sub(r"LayerNorm\.(gamma|beta)$", _modern_norm_name, k): v for k, v in weights.items()}
+    prefix = f"{config.model_type}."
+    if not any(name.startswith(prefix) for name in weights):
+        prefix = ""
+    if pooling == "pooler" and f"{prefix}pooler.dense.weight" not in weights:
+        raise CheckpointError(
+            f"{source}: pooling='pooler' needs the pooler weights ({prefix}pooler.dense.*), which this "
+            f"checkpoint does not have; use pooling='cls' or 'mean'"
+        )
+    model = nnx.eval_shape(
+        lambda: encoder.InstanceEncoder(config, pooling, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0))
+    )
+    reader = WeightReader(weights, source)
+    values = take_params(model, reader, lambda name: prefix + _encoder_hf_name(name))
+    escaped = re.escape(prefix)
+    ignore = [rf"{escaped}embeddings\.(position_ids|token_type_ids)"]  # Buffers, not parameters.
+    if prefix:
+        ignore.append(rf"(?!{escaped}).*")  # Everything outside the prefix belongs to the task heads.
+    if pooling != "pooler":
+        ignore.append(rf"{escaped}pooler\..*")
+    reader.check_all_used(ignore=ignore)
+    assign_params(model, values, source, dtype)
+    return model

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
+_LECUN_NORMAL = nnx.initializers.lecun_normal()
+_UNIT_NORMAL = nnx.initializers.normal(1.0)
 
 
 def param(
@@ -43,18 +45,14 @@ class Dense(nnx.Module):
         axes: tuple[str | None, str | None],
         *,
         use_bias: bool = False,
-        kernel_init: Initializer = nnx.initializers.lecun_normal(),
+        kernel_init: Initializer = _LECUN_NORMAL,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         self.dtype = dtype
         self.kernel = param(rngs, kernel_init, (in_features, out_features), axes, param_dtype)
-        self.bias = (
-            param(rngs, nnx.initializers.zeros, (out_features,), (axes[1],), param_dtype)
-            if use_bias
-            else None
-        )
+        self.bias = param(rngs, nnx.initializers.zeros, (out_features,), (axes[1],), param_dtype) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [..., in_features] -> [..., out_features] in the compute dtype."""
@@ -73,7 +71,7 @@ class Embed(nnx.Module):
         features: int,
         *,
         axes: tuple[str | None, str | None] = ("vocab", "embed"),
-        embedding_init: Initializer = nnx.initializers.normal(1.0),
+        embedding_init: Initializer = _UNIT_NORMAL,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -107,7 +105,9 @@ class RMSNorm(nnx.Module):
 class LayerNorm(nnx.Module):
     """BERT's layer norm (mean and variance, scale and bias); statistics in float32."""
 
-    def __init__(self, features: int, *, eps: float = 1e-12, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self, features: int, *, eps: float = 1e-12, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs
+    ):
         self.eps, self.dtype = eps, dtype
         self.scale = param(rngs, nnx.initializers.ones, (features,), ("embed",), param_dtype)
         self.bias = param(rngs, nnx.initializers.zeros, (features,), ("embed",), param_dtype)
@@ -119,6 +119,33 @@ class LayerNorm(nnx.Module):
         y = (x32 - mean) * jax.lax.rsqrt(variance + self.eps)
         y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
         return y.astype(self.dtype)
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array | None,
+    mask: jax.Array,
+    dropout_rate: float,
+    rngs: nnx.Rngs | None,
+) -> jax.Array:
+    """Dot-product attention without logit scaling, softmax in float32.
+
+    Args:
+      q: [B, Q, heads, d_kv]; k, v: [B, K, heads, d_kv].
+      bias: float32 [1, heads, Q, K] relative position bias, or None (cross-attention).
+      mask: bool, broadcastable to [B, heads, Q, K]; False = may not attend.
+
+    Returns:
+      [B, Q, heads, d_kv] in the dtype of v.
+    """
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    if bias is not None:
+        logits = logits + bias
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, rngs)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
 
 
 def dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:

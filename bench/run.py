@@ -1,0 +1,371 @@
+"""Train-step, memory, scaling and eval benchmarks of SharPT against its baselines and Hugging Face PEFT.
+
+    python bench/run.py --quick --json /tmp/bench.json     # small T5 shape, < 3 minutes on 2 CPU cores
+    python bench/run.py --dtype bfloat16                    # T5-base shape + BERT-base encoder (accelerators)
+
+Everything runs in one process on one shape, batch and set of lengths, with random weights. Our steps are the
+project's real `optim.make_train_step`, jitted with `donate_argnums=(0,)`; PEFT's is PromptTuningConfig on a
+PyTorch `T5ForConditionalGeneration` of the same shape with the same Adam and learning rate. Step times are
+medians of several steps after compilation; tokens/s counts input plus target tokens (B * (T + S)).
+Model FLOPs are counted analytically (`bench/flops.py`, cross-checked against the dot_generals JAX traced);
+MFU divides them by the measured throughput of one large jitted matmul in the same dtype. Markdown tables go
+to stdout, the scaling plot to `--out` (default bench/out), all numbers to `--json`.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from bench import flops, shapes  # noqa: E402
+from sharpt_jax import optim  # noqa: E402
+from sharpt_jax.decoding import greedy_decode  # noqa: E402
+
+LEARNING_RATE = 0.3
+METHODS = [("sharpt", "source"), ("sharpt", "target"), ("prompt_tuning", "target"), ("model_tuning", "target")]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What one invocation measures: shapes, the base point, scaling axes and repetitions."""
+
+    t5: object
+    encoder: object
+    base: shapes.Point
+    axes: dict  # Point field -> values swept (with the base point's other fields).
+    steps: int  # Timed steps per measurement, after one compiling call and one warm-up step.
+    matmul_size: int
+    dtype: jnp.dtype
+
+
+def settings(quick: bool, dtype: str) -> Settings:
+    size = "quick" if quick else "base"
+    base = shapes.Point("sharpt", "target", batch=8 if quick else 32, input_len=128 if quick else 256,
+                        target_len=16 if quick else 32, prompt_len=64, num_skills=100, instance_len=64)
+    if quick:
+        axes = {"num_skills": [10, 100, 10000], "prompt_len": [16, 64], "batch": [4, 8], "input_len": [64, 128]}
+    else:
+        axes = {"num_skills": [10, 100, 1000, 10000], "prompt_len": [16, 32, 64, 128],
+                "batch": [8, 16, 32, 64], "input_len": [64, 128, 256, 512]}
+    return Settings(shapes.T5_SHAPES[size], shapes.BERT_SHAPES[size], base, axes, steps=3 if quick else 10,
+                    matmul_size=1024 if quick else 8192, dtype=jnp.dtype(dtype))
+
+
+def median_seconds(fn, steps: int) -> float:
+    """Median wall time of `fn()` (which must block until its results are ready) over `steps` calls."""
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def make_batch(point: shapes.Point, vocab_size: int, encoder_vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random token ids in the layout `SharPT` reads (see its docstring); every position is real."""
+    rng = np.random.default_rng(seed)
+    b = point.batch
+    ids = lambda n, v: rng.integers(2, v, (b, n), dtype=np.int32)
+    targets = ids(point.target_len, vocab_size)
+    return {
+        "encoder_input_tokens": ids(point.input_len, vocab_size),
+        "encoder_input_mask": np.ones((b, point.input_len), np.int32),
+        "decoder_input_tokens": np.concatenate([np.zeros((b, 1), np.int32), targets[:, :-1]], axis=1),
+        "decoder_target_tokens": targets,
+        "decoder_loss_weights": np.ones((b, point.target_len), np.int32),
+        "instance_input_tokens": ids(point.instance_len, encoder_vocab),
+        "instance_input_mask": np.ones((b, point.instance_len), np.int32),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak matmul throughput.
+# ---------------------------------------------------------------------------------------------
+
+
+def matmul_peak(n: int, dtype: jnp.dtype, steps: int) -> float:
+    """FLOP/s of one jitted [n, n] x [n, n] matmul in `dtype` (the MFU denominator)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    matmul = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=dtype))
+    matmul(a, a).block_until_ready()
+    return 2 * n**3 / median_seconds(lambda: matmul(a, a).block_until_ready(), max(steps, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Our train step: time, FLOPs, memory.
+# ---------------------------------------------------------------------------------------------
+
+
+def measure_train(s: Settings, point: shapes.Point, peak: float) -> dict:
+    """Compiles and times `optim.make_train_step` for `point`; also its FLOPs and compiled memory."""
+    model = shapes.build(s.t5, s.encoder, point, s.dtype)
+    graphdef, trainable, frozen = optim.split_model(model, point.method, point.stage)
+    optimizer = optim.make_optimizer("adam", LEARNING_RATE, warmup_steps=0)
+    step_fn = optim.make_train_step(graphdef, optimizer, optim.learning_rate_schedule(LEARNING_RATE, 0))
+    state = optim.init_train_state(trainable, optimizer)
+    batch = jax.tree_util.tree_map(jnp.asarray, make_batch(point, s.t5.vocab_size, s.encoder.vocab_size))
+    key = jax.random.key(0)
+
+    start = time.perf_counter()
+    compiled = jax.jit(step_fn, donate_argnums=(0,)).lower(state, frozen, batch, key).compile()
+    compile_s = time.perf_counter() - start
+    traced_flops = flops.jaxpr_matmul_flops(jax.make_jaxpr(step_fn)(state, frozen, batch, key))
+    memory = compiled.memory_analysis()
+
+    def run():
+        nonlocal state
+        state, metrics = compiled(state, frozen, batch, key)
+        jax.block_until_ready((state, metrics))
+
+    run()  # warm-up
+    step_s = median_seconds(run, s.steps)
+    model_flops = flops.train_step_flops(s.t5, s.encoder, point)
+    return {
+        "step_s": step_s,
+        "compile_s": compile_s,
+        "examples_per_s": point.batch / step_s,
+        "tokens_per_s": point.batch * (point.input_len + point.target_len) / step_s,
+        "model_flops": model_flops["total"],
+        "forward_flops": model_flops["forward"],
+        "traced_matmul_flops": traced_flops,
+        "mfu": model_flops["total"] / step_s / peak,
+        "trainable_params": optim.count_params(trainable),
+        "trainable_bytes": flops.tree_bytes(trainable),
+        "frozen_bytes": flops.tree_bytes(frozen),
+        "opt_state_bytes": flops.tree_bytes(state["opt"]) - flops.tree_bytes(state["step"]),
+        "argument_bytes": memory.argument_size_in_bytes,
+        "output_bytes": memory.output_size_in_bytes,
+        "temp_bytes": memory.temp_size_in_bytes,
+        "alias_bytes": memory.alias_size_in_bytes,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The same PromptTuning step in PyTorch with Hugging Face PEFT.
+# ---------------------------------------------------------------------------------------------
+
+
+def measure_peft(s: Settings, point: shapes.Point) -> dict:
+    """PEFT PromptTuning on a randomly initialised HF T5 of the same shape: Adam, same lr, batch, lengths."""
+    import peft
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    c = s.t5
+    hf_config = transformers.T5Config(
+        vocab_size=c.vocab_size, d_model=c.d_model, d_kv=c.d_kv, d_ff=c.d_ff, num_layers=c.num_layers,
+        num_decoder_layers=c.num_decoder_layers, num_heads=c.num_heads, feed_forward_proj=c.feed_forward_proj,
+        tie_word_embeddings=c.tie_word_embeddings, dropout_rate=c.dropout_rate, decoder_start_token_id=0,
+    )
+    model = transformers.T5ForConditionalGeneration(hf_config)
+    model = peft.get_peft_model(
+        model, peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=point.prompt_len)
+    )
+    model.train()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
+    batch = make_batch(point, c.vocab_size, s.encoder.vocab_size)
+    inputs = {
+        "input_ids": torch.from_numpy(batch["encoder_input_tokens"]).long(),
+        "attention_mask": torch.from_numpy(batch["encoder_input_mask"]).long(),
+        "labels": torch.from_numpy(batch["decoder_target_tokens"]).long(),
+    }
+
+    def run():
+        loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    run()  # warm-up
+    step_s = median_seconds(run, s.steps)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"step_s": step_s, "examples_per_s": point.batch / step_s,
+            "tokens_per_s": point.batch * (point.input_len + point.target_len) / step_s,
+            "trainable_params": trainable, "torch_threads": torch.get_num_threads()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Eval throughput: greedy decoding and rank classification.
+# ---------------------------------------------------------------------------------------------
+
+
+def _prompted_encode(model, batch):
+    prompt, _ = model.prompts(batch)
+    prompt = None if prompt is None else prompt.astype(model.t5.dtype)
+    return model.t5.encode(batch["encoder_input_tokens"], batch["encoder_input_mask"], prompt)
+
+
+def measure_eval(s: Settings, point: shapes.Point, num_labels: int = 4, label_len: int = 4) -> dict:
+    """Examples/s of greedy decoding (KV cache, `point.target_len` steps, no early stop on random weights)
+    and of rank classification (encode once, one teacher-forced decoder pass over all `num_labels` labels)."""
+    model = shapes.build(s.t5, s.encoder, point, s.dtype)
+    graphdef, state = nnx.split(model)
+    batch = jax.tree_util.tree_map(jnp.asarray, make_batch(point, s.t5.vocab_size, s.encoder.vocab_size))
+    labels = jnp.asarray(np.random.default_rng(1).integers(2, s.t5.vocab_size, (num_labels, label_len)), jnp.int32)
+
+    @jax.jit
+    def greedy(state, batch):
+        model = nnx.merge(graphdef, state)
+        prompt, _ = model.prompts(batch)
+        prompt = None if prompt is None else prompt.astype(model.t5.dtype)
+        return greedy_decode(model.t5, batch["encoder_input_tokens"], batch["encoder_input_mask"], prompt,
+                             max_decode_len=point.target_len)
+
+    @jax.jit
+    def rank(state, batch):
+        model = nnx.merge(graphdef, state)
+        encoded, mask = _prompted_encode(model, batch)
+        # Every example against every label: [B * C] decoder rows sharing the B encoder outputs.
+        encoded, mask = jnp.repeat(encoded, num_labels, axis=0), jnp.repeat(mask, num_labels, axis=0)
+        targets = jnp.tile(labels, (point.batch, 1))  # [B * C, label_len]
+        inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
+        log_probs = jax.nn.log_softmax(model.t5.decode(inputs, encoded, mask), axis=-1)
+        scores = jnp.take_along_axis(log_probs, targets[..., None], axis=-1).sum(axis=(1, 2))
+        return jnp.argmax(scores.reshape(point.batch, num_labels), axis=-1)
+
+    results = {}
+    for name, fn in (("greedy", greedy), ("rank_classification", rank)):
+        fn(state, batch).block_until_ready()
+        seconds = median_seconds(lambda fn=fn: fn(state, batch).block_until_ready(), s.steps)
+        results[name] = {"batch_s": seconds, "examples_per_s": point.batch / seconds}
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting.
+# ---------------------------------------------------------------------------------------------
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows])
+
+
+def plot_scaling(scaling: dict, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(scaling), figsize=(4 * len(scaling), 3.5))
+    for ax, (axis, curves) in zip(np.atleast_1d(axes), scaling.items()):
+        for label, points in curves.items():
+            xs, ys = zip(*sorted((p["value"], p["step_s"] * 1e3) for p in points))
+            ax.plot(xs, ys, "o-", label=label)
+        ax.set(xscale="log" if axis == "num_skills" else "linear", xlabel=axis, ylabel="train step (ms)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "scaling.png"
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def mib(n: int) -> float:
+    return n / 2**20
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small T5 shape, 2-3 points per scaling axis")
+    parser.add_argument("--json", type=Path, help="write every measured number here")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out", help="folder for the PNGs")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="backbone compute dtype (trainable params and optimizer state stay float32)")
+    args = parser.parse_args()
+    s = settings(args.quick, args.dtype)
+    print(f"# devices: {jax.devices()}  T5 {s.t5}\n# encoder {s.encoder}\n# base point {s.base}", flush=True)
+
+    # --- Peak matmul throughput ---------------------------------------------------------------
+    peaks = {d: matmul_peak(s.matmul_size, jnp.dtype(d), s.steps) for d in ("float32", "bfloat16")}
+    peak = peaks[s.dtype.name]
+
+    # --- Methods on the base point ------------------------------------------------------------
+    cache = {}
+
+    def train(point):
+        if point not in cache:
+            cache[point] = measure_train(s, point, peak)
+            print(f"  {point.method}/{point.stage} {dataclasses.asdict(point)}: "
+                  f"{cache[point]['step_s'] * 1e3:.1f} ms", flush=True)
+        return cache[point]
+
+    methods = {f"{m}/{st}": train(dataclasses.replace(s.base, method=m, stage=st)) for m, st in METHODS}
+    prompt_point = dataclasses.replace(s.base, method="prompt_tuning")
+    peft_result = measure_peft(s, prompt_point)
+
+    # --- Scaling ------------------------------------------------------------------------------
+    scaling = {}
+    for axis, values in s.axes.items():
+        curves = [("sharpt", "source")] if axis == "num_skills" else [("sharpt", "target"), ("prompt_tuning", "target")]
+        scaling[axis] = {
+            f"{m}/{st}": [
+                {"value": v, **train(dataclasses.replace(s.base, method=m, stage=st, **{axis: v}))} for v in values
+            ]
+            for m, st in curves
+        }
+
+    # --- Eval ---------------------------------------------------------------------------------
+    evals = {m: measure_eval(s, dataclasses.replace(s.base, method=m)) for m in ("sharpt", "prompt_tuning")}
+
+    # --- Report -------------------------------------------------------------------------------
+    ours_pt = methods["prompt_tuning/target"]
+    summary = {
+        "sharpt_over_prompt_tuning": methods["sharpt/target"]["step_s"] / ours_pt["step_s"],
+        "sharpt_source_over_prompt_tuning": methods["sharpt/source"]["step_s"] / ours_pt["step_s"],
+        "ours_over_peft": ours_pt["step_s"] / peft_result["step_s"],
+        "mfu": ours_pt["mfu"],
+    }
+    print(f"\n## Peak matmul ({s.matmul_size}^3)\n")
+    print(table(["dtype", "TFLOP/s"], [[d, p / 1e12] for d, p in peaks.items()]))
+    print(f"\n## Train step ({s.dtype.name} backbone, B={s.base.batch}, T={s.base.input_len}, "
+          f"S={s.base.target_len}, L={s.base.prompt_len}, K={s.base.num_skills})\n")
+    rows = [[name, r["step_s"] * 1e3, r["examples_per_s"], r["tokens_per_s"], r["model_flops"] / 1e9,
+             r["traced_matmul_flops"] / 1e9, r["mfu"], r["trainable_params"]] for name, r in methods.items()]
+    rows.append(["PEFT prompt_tuning (torch)", peft_result["step_s"] * 1e3, peft_result["examples_per_s"],
+                 peft_result["tokens_per_s"], ours_pt["model_flops"] / 1e9, "-",
+                 ours_pt["model_flops"] / peft_result["step_s"] / peaks["float32"], peft_result["trainable_params"]])
+    print(table(["method", "step ms", "examples/s", "tokens/s", "model GFLOP", "traced matmul GFLOP", "MFU",
+                 "trainable params"], rows))
+    print(f"\n## Memory of the compiled step (MiB)\n")
+    print(table(["method", "arguments", "outputs", "temp", "aliased", "trainable", "frozen", "Adam state",
+                 "Adam / trainable"],
+                [[name, mib(r["argument_bytes"]), mib(r["output_bytes"]), mib(r["temp_bytes"]),
+                  mib(r["alias_bytes"]), mib(r["trainable_bytes"]), mib(r["frozen_bytes"]),
+                  mib(r["opt_state_bytes"]), r["opt_state_bytes"] / r["trainable_bytes"]]
+                 for name, r in methods.items()]))
+    print("\n## Scaling (train step ms)\n")
+    for axis, curves in scaling.items():
+        print(table([axis, *curves], [[p["value"], *(c[i]["step_s"] * 1e3 for c in curves.values())]
+                                      for i, p in enumerate(next(iter(curves.values())))]) + "\n")
+    print("## Eval throughput (examples/s)\n")
+    print(table(["method", "greedy decode", "rank classification (4 labels)"],
+                [[m, r["greedy"]["examples_per_s"], r["rank_classification"]["examples_per_s"]]
+                 for m, r in evals.items()]))
+    print("\n## Summary\n")
+    print(table(list(summary), [list(summary.values())]))
+    print(f"\nscaling plot: {plot_scaling(scaling, args.out)}")
+    if args.json:
+        record = {**summary, "settings": {"t5": dataclasses.asdict(s.t5), "encoder": dataclasses.asdict(s.encoder),
+                                          "base": dataclasses.asdict(s.base), "dtype": s.dtype.name},
+                  "peak_flops": peaks, "methods": methods, "peft_prompt_tuning": peft_result,
+                  "scaling": scaling, "eval": evals}
+        args.json.write_text(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    main()

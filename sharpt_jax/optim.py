@@ -1,0 +1,130 @@
+"""What trains, how it is optimised, and the jitted train step.
+
+Freezing is structural: the model state is split once into a trainable and a frozen part by the one rules
+table `TRAINABLE`. Gradients are taken only with respect to the trainable part (no weight gradient is ever
+computed for the backbone), the optimizer holds state only for it, and the frozen part is an input of the step
+that is never written, so it stays bit-identical.
+"""
+
+import re
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+# (method, stage) -> regex over '/'-joined parameter paths of `SharPT` that are trained; everything else is frozen.
+TRAINABLE = {
+    ("sharpt", "source"): r"(codebook|generator)/.*",  # Eq. 5: skill vectors and generator
+    ("sharpt", "target"): r"generator/.*",  # Eq. 3: codebook frozen, only the generator
+    ("no_latent", "source"): r"generator/.*",
+    ("no_latent", "target"): r"generator/.*",
+    ("prompt_tuning", "source"): r"prompt",
+    ("prompt_tuning", "target"): r"prompt",
+    ("model_tuning", "source"): r"t5/.*",
+    ("model_tuning", "target"): r"t5/.*",
+}
+STAGES = ("source", "target")
+
+
+def path_str(path: tuple) -> str:
+    return "/".join(str(p) for p in path)
+
+
+def trainable_filter(method: str, stage: str) -> Callable[[tuple, object], bool]:
+    """The NNX filter `(path, value) -> bool` selecting the trainable parameters of (method, stage)."""
+    if (method, stage) not in TRAINABLE:
+        raise ValueError(f"no trainable-parameter rule for method={method!r}, stage={stage!r}; see optim.TRAINABLE")
+    pattern = re.compile(TRAINABLE[(method, stage)])
+    return lambda path, _: bool(pattern.fullmatch(path_str(path)))
+
+
+def split_model(model: nnx.Module, method: str, stage: str) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """Splits `model` into (graphdef, trainable, frozen) by the rules table; errors if nothing would train."""
+    graphdef, trainable, frozen = nnx.split(model, trainable_filter(method, stage), ...)
+    if not jax.tree_util.tree_leaves(trainable):
+        raise ValueError(
+            f"method={method!r}, stage={stage!r}: the rule {TRAINABLE[(method, stage)]!r} matches no parameter"
+        )
+    return graphdef, trainable, frozen
+
+
+def count_params(state: nnx.State) -> int:
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(state))
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer.
+# ---------------------------------------------------------------------------------------------
+
+
+def learning_rate_schedule(learning_rate: float, warmup_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 to `learning_rate` over `warmup_steps`, then constant (the paper's schedule)."""
+    if warmup_steps <= 0:
+        return optax.constant_schedule(learning_rate)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, learning_rate, warmup_steps), optax.constant_schedule(learning_rate)],
+        [warmup_steps],
+    )
+
+
+def make_optimizer(name: str, learning_rate: float, warmup_steps: int) -> optax.GradientTransformation:
+    """Adam as the paper states (b1 0.9, b2 0.999, eps 1e-8), or Adafactor as Prompt Tuning and SPoT used.
+
+    The Adafactor settings follow T5X's prompt-tuning runs: factored second moments, no momentum, decay 0.8,
+    update clipping at 1.0, no parameter scaling (prompts have no meaningful scale to follow).
+    """
+    schedule = learning_rate_schedule(learning_rate, warmup_steps)
+    if name == "adam":
+        return optax.adam(schedule)
+    if name == "adafactor":
+        return optax.adafactor(
+            schedule, decay_rate=0.8, clipping_threshold=1.0, momentum=None, multiply_by_parameter_scale=False
+        )
+    raise ValueError(f"unknown optimizer {name!r}; choose adam or adafactor")
+
+
+# ---------------------------------------------------------------------------------------------
+# Train step.
+# ---------------------------------------------------------------------------------------------
+
+
+def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, schedule: optax.Schedule):
+    """Returns `train_step(state, frozen, batch, dropout_key) -> (state, metrics)`, not yet jitted.
+
+    `state` is the plain pytree {"trainable": nnx.State, "opt": optax state, "step": int32 []}; the caller jits
+    with `donate_argnums=(0,)` so the trainable parameters and optimizer state are updated in place. `frozen` is
+    read only. Dropout masks come from fold_in(dropout_key, step), so a resumed run draws the same masks.
+    Metrics are device scalars (plus `skill_counts` [K] for SharPT); nothing here syncs with the host.
+    """
+
+    def train_step(state, frozen, batch, dropout_key):
+        step = state["step"]
+        key = jax.random.fold_in(dropout_key, step)
+
+        def loss_fn(trainable):
+            model = nnx.merge(graphdef, trainable, frozen)
+            # Rngs are stateful, so they are made inside the differentiated function's trace.
+            out = model(batch, rngs=nnx.Rngs(dropout=key))
+            return out["loss"], out
+
+        grads, out = jax.grad(loss_fn, has_aux=True)(state["trainable"])
+        updates, opt_state = optimizer.update(grads, state["opt"], state["trainable"])
+        trainable = optax.apply_updates(state["trainable"], updates)
+        metrics = {
+            "loss": out["loss"],
+            "lm_loss": out["lm_loss"],
+            "codebook_loss": out["codebook_loss"],
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": schedule(step),
+        }
+        if "skill_counts" in out:
+            metrics["skill_counts"] = out["skill_counts"]
+        return {"trainable": trainable, "opt": opt_state, "step": step + 1}, metrics
+
+    return train_step
+
+
+def init_train_state(trainable: nnx.State, optimizer: optax.GradientTransformation) -> dict:
+    return {"trainable": trainable, "opt": optimizer.init(trainable), "step": jnp.zeros((), jnp.int32)}
