@@ -24,21 +24,36 @@ _LABEL = tf.TensorSpec([], tf.int64)
 
 def _register() -> None:
     def classification(raw: RawData, benchmark: str, keys: tuple[str, ...]) -> None:
-        registry.add_task(raw, "classification",
-                          preprocessors.key_value(benchmark, keys, registry.label_names(raw.name)))
+        registry.add_task(
+            raw, "classification", preprocessors.key_value(benchmark, keys, registry.label_names(raw.name))
+        )
 
-    classification(RawData("docnli", {"hypothesis": _TEXT, "premise": _TEXT, "label": _LABEL},
-                           tfds_names=("doc_nli:1.0.0",)),
-                   "doc_nli", ("hypothesis", "premise"))
-    classification(RawData("yelp_polarity", {"text": _TEXT, "label": _LABEL},
-                           tfds_names=("yelp_polarity_reviews:0.2.0",), heldout_split="test"),
-                   "yelp_polarity_reviews", ("text",))
-    classification(RawData("cr", {"sentence": _TEXT, "label": _LABEL}, heldout_split="test"),
-                   "cr", ("sentence",))
+    classification(
+        RawData("docnli", {"hypothesis": _TEXT, "premise": _TEXT, "label": _LABEL}, tfds_names=("doc_nli:1.0.0",)),
+        "doc_nli",
+        ("hypothesis", "premise"),
+    )
+    classification(
+        RawData(
+            "yelp_polarity",
+            {"text": _TEXT, "label": _LABEL},
+            tfds_names=("yelp_polarity_reviews:0.2.0",),
+            heldout_split="test",
+        ),
+        "yelp_polarity_reviews",
+        ("text",),
+    )
+    classification(RawData("cr", {"sentence": _TEXT, "label": _LABEL}, heldout_split="test"), "cr", ("sentence",))
     registry.add_task(
-        RawData("cxc", {"sentence1": _TEXT, "sentence2": _TEXT, "score": tf.TensorSpec([], tf.float32)},
-                train_split="validation", heldout_split="test"),
-        "classification", preprocessors.key_value("cxc", ("sentence1", "sentence2"), score_key="score"))
+        RawData(
+            "cxc",
+            {"sentence1": _TEXT, "sentence2": _TEXT, "score": tf.TensorSpec([], tf.float32)},
+            train_split="validation",
+            heldout_split="test",
+        ),
+        "classification",
+        preprocessors.key_value("cxc", ("sentence1", "sentence2"), score_key="score"),
+    )
 
 
 _register()

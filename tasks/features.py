@@ -49,9 +49,12 @@ class WordPieceVocabulary(seqio.Vocabulary):
         # function's graph and every later dataset can capture it. The fast ops (BERT's basic tokenizer and
         # WordPiece in one op) give the ids of BertTokenizer and trace in a fraction of its time.
         with tf.init_scope():
-            return (tf_text.FastBertNormalizer(lower_case_nfd_strip_accents=True),
-                    tf_text.FastWordpieceTokenizer(self._tokens, token_out_type=tf.int64, unknown_token=UNK,
-                                                   no_pretokenization=False))
+            return (
+                tf_text.FastBertNormalizer(lower_case_nfd_strip_accents=True),
+                tf_text.FastWordpieceTokenizer(
+                    self._tokens, token_out_type=tf.int64, unknown_token=UNK, no_pretokenization=False
+                ),
+            )
 
     @property
     def eos_id(self) -> int:
@@ -119,8 +122,9 @@ class LazyVocabulary(seqio.Vocabulary):
         path = self._path_fn()
         if path is None:
             what = "a T5 SentencePiece model" if self._kind == "t5" else "the instance encoder's vocab.txt"
-            raise ValueError(f"no {self._kind} vocabulary configured: call "
-                             f"tasks.configure({self._kind}_vocab=PATH) with {what}")
+            raise ValueError(
+                f"no {self._kind} vocabulary configured: call tasks.configure({self._kind}_vocab=PATH) with {what}"
+            )
         return _vocabulary(self._kind, str(path))
 
     @property

@@ -40,8 +40,7 @@ def _register(name: str, keys: tuple[str, ...]) -> None:
             extra_test_splits={"test_mismatched": "validation_mismatched"} if mnli else {},
         ),
         family="glue",
-        format_fn=preprocessors.key_value(name, sorted(keys), label_names,
-                                          score_key=None if label_names else "label"),
+        format_fn=preprocessors.key_value(name, sorted(keys), label_names, score_key=None if label_names else "label"),
     )
 
 

@@ -95,7 +95,7 @@ def matthews_corrcoef(targets: Sequence[int], predictions: Sequence[int]) -> Met
     t, p = _arrays(targets, predictions)
     classes, index = np.unique(np.concatenate([t, p]), return_inverse=True)
     confusion = np.zeros((len(classes), len(classes)))
-    np.add.at(confusion, (index[: len(t)], index[len(t):]), 1)
+    np.add.at(confusion, (index[: len(t)], index[len(t) :]), 1)
     n = float(len(t))
     true_counts, pred_counts = confusion.sum(axis=1), confusion.sum(axis=0)
     cov = np.trace(confusion) * n - true_counts @ pred_counts
@@ -174,8 +174,10 @@ def _grouped(targets: Sequence[dict], predictions: Sequence[dict]) -> dict[int, 
     groups = collections.defaultdict(lambda: ([], []))
     for target, pred in zip(targets, predictions, strict=True):
         if pred.get("group", target["group"]) != target["group"]:
-            raise ValueError(f"a prediction of group {pred['group']} is paired with a target of group "
-                             f"{target['group']}: targets and predictions are not aligned")
+            raise ValueError(
+                f"a prediction of group {pred['group']} is paired with a target of group "
+                f"{target['group']}: targets and predictions are not aligned"
+            )
         groups[target["group"]][0].append(target["value"])
         groups[target["group"]][1].append(pred["value"])
     return groups

@@ -13,8 +13,23 @@ import seqio
 # The mixed tasks must be registered first.
 from tasks import classification, glue, multiple_choice, qa, registry, super_glue  # noqa: F401
 
-HIGH_TO_LOW = ("docnli", "yelp_polarity", "mnli", "qqp", "qnli", "record", "cxc", "squad", "drop", "sst2",
-               "winogrande", "hellaswag", "multirc", "cosmosqa", "race")
+HIGH_TO_LOW = (
+    "docnli",
+    "yelp_polarity",
+    "mnli",
+    "qqp",
+    "qnli",
+    "record",
+    "cxc",
+    "squad",
+    "drop",
+    "sst2",
+    "winogrande",
+    "hellaswag",
+    "multirc",
+    "cosmosqa",
+    "race",
+)
 CATEGORY = ("record", "squad", "drop", "multirc", "race", "yelp_polarity", "sst2", "qqp", "cxc")
 
 
@@ -25,8 +40,9 @@ def capped_rate(task: seqio.Task) -> float:
 
 def _register() -> None:
     for name, task_names in (("source_high_to_low", HIGH_TO_LOW), ("source_category", CATEGORY)):
-        seqio.MixtureRegistry.add(registry.PREFIX + name, [registry.PREFIX + t for t in task_names],
-                                  default_rate=capped_rate)
+        seqio.MixtureRegistry.add(
+            registry.PREFIX + name, [registry.PREFIX + t for t in task_names], default_rate=capped_rate
+        )
 
 
 _register()

@@ -49,8 +49,11 @@ def hellaswag(ex: Example) -> dict:
 def cosmosqa(ex: Example) -> dict:
     keys = ("context", "question", "answer0", "answer1", "answer2", "answer3")
     label = tf.cast(ex["label"], tf.int64)
-    return {"inputs": join_fields("cosmos_qa", [(k, ex[k]) for k in keys]), "targets": _index_target(label),
-            "label": label}
+    return {
+        "inputs": join_fields("cosmos_qa", [(k, ex[k]) for k in keys]),
+        "targets": _index_target(label),
+        "label": label,
+    }
 
 
 def race(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -60,13 +63,16 @@ def race(dataset: tf.data.Dataset) -> tf.data.Dataset:
         options = ex["options"]  # [questions, options]
         shape = tf.shape(options)
         option_letters = tf.broadcast_to(letters(shape[1])[None], shape)
-        option_text = tf.strings.reduce_join(tf.strings.join([option_letters, options], separator=": "),
-                                             axis=1, separator=" ")
-        inputs = tf.strings.join(["race question:", ex["questions"], "options:", option_text, "article:",
-                                  ex["article"]], separator=" ")
+        option_text = tf.strings.reduce_join(
+            tf.strings.join([option_letters, options], separator=": "), axis=1, separator=" "
+        )
+        inputs = tf.strings.join(
+            ["race question:", ex["questions"], "options:", option_text, "article:", ex["article"]], separator=" "
+        )
         is_answer = tf.equal(option_letters, ex["answers"][:, None])
-        label = tf.where(tf.reduce_any(is_answer, axis=1), tf.argmax(tf.cast(is_answer, tf.int64), axis=1),
-                         tf.constant(-1, tf.int64))
+        label = tf.where(
+            tf.reduce_any(is_answer, axis=1), tf.argmax(tf.cast(is_answer, tf.int64), axis=1), tf.constant(-1, tf.int64)
+        )
         return {"inputs": inputs, "targets": ex["answers"], "label": label}
 
     return dataset.map(questions, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
@@ -77,23 +83,44 @@ def _register() -> None:
         return {k: _TEXT for k in keys}
 
     registry.add_task(
-        RawData("winogrande", {**text("sentence", "option1", "option2"), "label": _LABEL},
-                tfds_names=("winogrande:1.2.0",), train_split="train_xl"),
-        "multiple_choice", winogrande)
+        RawData(
+            "winogrande",
+            {**text("sentence", "option1", "option2"), "label": _LABEL},
+            tfds_names=("winogrande:1.2.0",),
+            train_split="train_xl",
+        ),
+        "multiple_choice",
+        winogrande,
+    )
     registry.add_task(
-        RawData("hellaswag", {**text("context"), "endings": _TEXTS, "label": _LABEL},
-                tfds_names=("hellaswag:1.1.0",)),
-        "multiple_choice", hellaswag)
+        RawData("hellaswag", {**text("context"), "endings": _TEXTS, "label": _LABEL}, tfds_names=("hellaswag:1.1.0",)),
+        "multiple_choice",
+        hellaswag,
+    )
     registry.add_task(
-        RawData("cosmosqa", {**text("context", "question", "answer0", "answer1", "answer2", "answer3"),
-                             "label": _LABEL},
-                tfds_names=("cosmos_qa:1.0.0",)),
-        "multiple_choice", cosmosqa)
+        RawData(
+            "cosmosqa",
+            {**text("context", "question", "answer0", "answer1", "answer2", "answer3"), "label": _LABEL},
+            tfds_names=("cosmos_qa:1.0.0",),
+        ),
+        "multiple_choice",
+        cosmosqa,
+    )
     registry.add_task(
-        RawData("race", {**text("article"), "questions": _TEXTS, "answers": _TEXTS,
-                         "options": tf.TensorSpec([None, None], tf.string)},
-                tfds_names=("race/high:2.0.0", "race/middle:2.0.0"), heldout_split="dev"),
-        "multiple_choice", race)
+        RawData(
+            "race",
+            {
+                **text("article"),
+                "questions": _TEXTS,
+                "answers": _TEXTS,
+                "options": tf.TensorSpec([None, None], tf.string),
+            },
+            tfds_names=("race/high:2.0.0", "race/middle:2.0.0"),
+            heldout_split="dev",
+        ),
+        "multiple_choice",
+        race,
+    )
 
 
 _register()

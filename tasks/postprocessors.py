@@ -18,10 +18,31 @@ import numpy as np
 INVALID = -1
 
 # Words `wsc_simple` ignores when it compares a predicted referent with the true one (T5's list).
-_DETERMINERS = frozenset({
-    "a", "an", "few", "her", "his", "each", "every", "many", "much", "my", "our", "some", "that", "the",
-    "their", "these", "this", "those", "which", "whose", "your",
-})
+_DETERMINERS = frozenset(
+    {
+        "a",
+        "an",
+        "few",
+        "her",
+        "his",
+        "each",
+        "every",
+        "many",
+        "much",
+        "my",
+        "our",
+        "some",
+        "that",
+        "the",
+        "their",
+        "these",
+        "this",
+        "those",
+        "which",
+        "whose",
+        "your",
+    }
+)
 
 
 def as_text(value) -> str:

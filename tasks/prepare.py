@@ -114,19 +114,21 @@ def _cxc_rows(path: Path, captions: dict[int, str]) -> Iterator[dict]:
         reader = csv.DictReader(f)
         missing = [c for c in CXC_COLUMNS if c not in (reader.fieldnames or ())]
         if missing:
-            raise PrepareError(f"{path}: missing column(s) {', '.join(missing)} "
-                               f"(header: {reader.fieldnames})")
+            raise PrepareError(f"{path}: missing column(s) {', '.join(missing)} (header: {reader.fieldnames})")
         for line, row in enumerate(reader, start=2):
             sentences = []
             for column in CXC_COLUMNS[:2]:
                 match = _SENTID.search(row[column] or "")
                 if not match:
-                    raise PrepareError(f"{path}:{line}: {column}={row[column]!r} is not a caption id "
-                                       "like COCO_val2014:sentid:123")
+                    raise PrepareError(
+                        f"{path}:{line}: {column}={row[column]!r} is not a caption id like COCO_val2014:sentid:123"
+                    )
                 sentid = int(match.group(1))
                 if sentid not in captions:
-                    raise PrepareError(f"{path}:{line}: sentid {sentid} is not in the captions file "
-                                       f"({CXC_CAPTIONS} of the Karpathy split is needed)")
+                    raise PrepareError(
+                        f"{path}:{line}: sentid {sentid} is not in the captions file "
+                        f"({CXC_CAPTIONS} of the Karpathy split is needed)"
+                    )
                 sentences.append(captions[sentid])
             try:
                 score = float(row["agg_score"])
@@ -156,11 +158,13 @@ def _cr_files(files: Sequence[Path], split: str) -> list[Path]:
     jsonl = [f for f in files if f.name == f"{split}.jsonl"]
     if jsonl:
         return [_one(jsonl, f"{split}.jsonl")]
-    parquet = [f for f in files if f.suffix == ".parquet"
-               and (f.stem == split or f.stem.startswith(f"{split}-") or f.parent.name == split)]
+    parquet = [
+        f
+        for f in files
+        if f.suffix == ".parquet" and (f.stem == split or f.stem.startswith(f"{split}-") or f.parent.name == split)
+    ]
     if not parquet:
-        raise PrepareError(f"CR split {split!r}: neither {split}.jsonl nor {split} parquet files "
-                           "found in --src")
+        raise PrepareError(f"CR split {split!r}: neither {split}.jsonl nor {split} parquet files found in --src")
     return sorted(parquet)
 
 
@@ -174,8 +178,9 @@ def _read_records(path: Path) -> Iterator[dict]:
     try:
         import pyarrow.parquet as pq  # Only parquet input needs it.
     except ImportError as err:
-        raise PrepareError(f"{path}: reading parquet needs pyarrow (pip install pyarrow), "
-                           "or give the release's .jsonl files") from err
+        raise PrepareError(
+            f"{path}: reading parquet needs pyarrow (pip install pyarrow), or give the release's .jsonl files"
+        ) from err
     yield from pq.read_table(path).to_pylist()
 
 
@@ -184,8 +189,9 @@ def _cr_rows(paths: Sequence[Path]) -> Iterator[dict]:
         for number, record in enumerate(_read_records(path), start=1):
             missing = [k for k in CR_FIELDS if k not in record]
             if missing:
-                raise PrepareError(f"{path}: row {number} lacks field(s) {', '.join(missing)} "
-                                   f"(has {', '.join(record)})")
+                raise PrepareError(
+                    f"{path}: row {number} lacks field(s) {', '.join(missing)} (has {', '.join(record)})"
+                )
             if record["label"] not in (0, 1) or isinstance(record["label"], bool):
                 raise PrepareError(f"{path}: row {number} has label {record['label']!r}, expected 0 or 1")
             yield {"sentence": record["text"], "label": int(record["label"])}

@@ -46,15 +46,19 @@ def letters(n: tf.Tensor) -> tf.Tensor:
 
 def class_target(label: tf.Tensor, label_names: Sequence[str]) -> tf.Tensor:
     """The label name of class id `label` ([] int), or "<unk>" when the label is hidden (-1)."""
-    return tf.cond(tf.equal(label, -1), lambda: tf.constant(UNKNOWN),
-                   lambda: tf.gather(tf.constant(list(label_names)), label))
+    return tf.cond(
+        tf.equal(label, -1), lambda: tf.constant(UNKNOWN), lambda: tf.gather(tf.constant(list(label_names)), label)
+    )
 
 
 def score_target(score: tf.Tensor) -> tf.Tensor:
     """round(score * 5) / 5 with one decimal ("3.4"), or "<unk>" when the score is hidden (-1)."""
     score = tf.cast(score, tf.float32)
-    return tf.cond(tf.equal(score, -1.0), lambda: tf.constant(UNKNOWN),
-                   lambda: tf.strings.as_string(tf.round(score * 5) / 5, precision=1))
+    return tf.cond(
+        tf.equal(score, -1.0),
+        lambda: tf.constant(UNKNOWN),
+        lambda: tf.strings.as_string(tf.round(score * 5) / 5, precision=1),
+    )
 
 
 def pad_punctuation(text: tf.Tensor) -> tf.Tensor:
@@ -68,8 +72,9 @@ def join_collapsed(parts: Sequence) -> tf.Tensor:
     return tf.strings.regex_replace(tf.strings.join(list(parts), separator=" "), r"\s+", " ")
 
 
-def key_value(benchmark: str, keys: Sequence[str], label_names: Sequence[str] | None = None,
-              score_key: str | None = None) -> Format:
+def key_value(
+    benchmark: str, keys: Sequence[str], label_names: Sequence[str] | None = None, score_key: str | None = None
+) -> Format:
     """The format of GLUE-style classification and similarity tasks.
 
     Args:
@@ -95,4 +100,3 @@ def key_value(benchmark: str, keys: Sequence[str], label_names: Sequence[str] | 
         return out
 
     return fn
-

@@ -22,8 +22,9 @@ _TEXTS = tf.TensorSpec([None], tf.string)
 @seqio.map_over_dataset
 def squad(ex: Example) -> dict:
     answers = pad_punctuation(ex["answers"])
-    inputs = join_collapsed(["squad question:", pad_punctuation(ex["question"]), "context:",
-                             pad_punctuation(ex["context"])])
+    inputs = join_collapsed(
+        ["squad question:", pad_punctuation(ex["question"]), "context:", pad_punctuation(ex["context"])]
+    )
     # The first answer ("<unk>" in the unlikely row without any).
     return {"inputs": inputs, "targets": tf.concat([answers, [UNKNOWN]], axis=0)[0], "answers": answers}
 
@@ -37,14 +38,22 @@ def drop(ex: Example) -> dict:
 
 def _register() -> None:
     registry.add_task(
-        RawData("squad", features={"question": _TEXT, "context": _TEXT, "answers": _TEXTS},
-                tfds_names=("mrqa/squad:1.0.0",)),
-        "qa", squad)
+        RawData(
+            "squad", features={"question": _TEXT, "context": _TEXT, "answers": _TEXTS}, tfds_names=("mrqa/squad:1.0.0",)
+        ),
+        "qa",
+        squad,
+    )
     registry.add_task(
-        RawData("drop", features={"question": _TEXT, "passage": _TEXT, "answer": _TEXT,
-                                  "validated_answers": _TEXTS},
-                tfds_names=("drop:2.0.0",), heldout_split="dev"),
-        "qa", drop)
+        RawData(
+            "drop",
+            features={"question": _TEXT, "passage": _TEXT, "answer": _TEXT, "validated_answers": _TEXTS},
+            tfds_names=("drop:2.0.0",),
+            heldout_split="dev",
+        ),
+        "qa",
+        drop,
+    )
 
 
 _register()

@@ -40,8 +40,12 @@ OUTPUT_FEATURES = features.output_features(
 )
 
 
-def configure(data_dir: str | None = None, t5_vocab: str | None = None, encoder_vocab: str | None = None,
-              mixture_cap: int = DEFAULT_MIXTURE_CAP) -> None:
+def configure(
+    data_dir: str | None = None,
+    t5_vocab: str | None = None,
+    encoder_vocab: str | None = None,
+    mixture_cap: int = DEFAULT_MIXTURE_CAP,
+) -> None:
     """Sets the files every registered task reads; call it before building datasets (run.py does).
 
     Args:

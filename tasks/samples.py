@@ -56,6 +56,7 @@ def _sentiment_rows(text_key: str, with_idx: bool) -> Generator:
         for i in range(n):
             text, label = _sentiment(rng)
             yield {text_key: text, "label": label, **({"idx": i} if with_idx else {})}
+
     return rows
 
 
@@ -80,21 +81,26 @@ def _pair_rows(task: str, keys: tuple[str, str], with_idx: bool = True) -> Gener
             if label_names[label] == "contradiction":
                 second = first.replace(" the ", " never the ", 1)
             yield {keys[0]: first, keys[1]: second, "label": label, **({"idx": i} if with_idx else {})}
+
     return rows
 
 
 def _similarity_rows(score_key: str, with_idx: bool) -> Generator:
     """Pairs sharing k of their 5 content words; the score is k (0-5) with noise on a 0.1 grid."""
+
     def rows(rng, n):
         for i in range(n):
-            words, other = ([_person(rng)] + [rng.choice(c) for c in (VERBS, COLOURS, NOUNS, CITIES)]
-                            for _ in range(2))
+            words, other = ([_person(rng)] + [rng.choice(c) for c in (VERBS, COLOURS, NOUNS, CITIES)] for _ in range(2))
             shared = rng.randrange(6)
             second = words[:shared] + other[shared:]
             score = min(5.0, shared + rng.choice((0.0, 0.1, 0.3)))
-            row = {"sentence1": "{} {} the {} {} in {}.".format(*words),
-                   "sentence2": "{} {} the {} {} in {}.".format(*second), score_key: score}
+            row = {
+                "sentence1": "{} {} the {} {} in {}.".format(*words),
+                "sentence2": "{} {} the {} {} in {}.".format(*second),
+                score_key: score,
+            }
             yield {**row, **({"idx": i} if with_idx else {})}
+
     return rows
 
 
@@ -111,8 +117,7 @@ def _boolq(rng, n):
         sentence, person, verb, colour, noun = _fact(rng)
         label = rng.randrange(2)
         asked = colour if label else rng.choice([c for c in COLOURS if c != colour])
-        yield {"question": f"did {person.lower()} buy a {asked} {noun}", "passage": sentence,
-               "label": label, "idx": i}
+        yield {"question": f"did {person.lower()} buy a {asked} {noun}", "passage": sentence, "label": label, "idx": i}
 
 
 def _copa(rng, n):
@@ -123,8 +128,14 @@ def _copa(rng, n):
         wrong = f"The {rng.choice([x for x in NOUNS if x != noun])} was in {rng.choice(CITIES)}."
         label = rng.randrange(2)
         choices = (wrong, right) if label else (right, wrong)
-        yield {"premise": f"{person} bought a {noun}.", "choice1": choices[0], "choice2": choices[1],
-               "question": question, "label": label, "idx": i}
+        yield {
+            "premise": f"{person} bought a {noun}.",
+            "choice1": choices[0],
+            "choice2": choices[1],
+            "question": question,
+            "label": label,
+            "idx": i,
+        }
 
 
 def _wic(rng, n):
@@ -134,8 +145,17 @@ def _wic(rng, n):
         first = f"The {word} stayed in {place}."
         second = f"The {word} stayed in {place if label else 'the ' + rng.choice(COLOURS) + ' box'}."
         start = len("The ")
-        yield {"word": word, "sentence1": first, "sentence2": second, "start1": start, "start2": start,
-               "end1": start + len(word), "end2": start + len(word), "idx": i, "label": label}
+        yield {
+            "word": word,
+            "sentence1": first,
+            "sentence2": second,
+            "start1": start,
+            "start2": start,
+            "end1": start + len(word),
+            "end2": start + len(word),
+            "idx": i,
+            "label": label,
+        }
 
 
 def _wsc(rng, n):
@@ -146,8 +166,15 @@ def _wsc(rng, n):
         pronoun = "he" if pronoun_of == man else "she"
         text = f"{first} called {second} because {pronoun} needed the {rng.choice(NOUNS)} ."
         candidate, candidate_index = rng.choice(((first, 0), (second, 2)))
-        yield {"text": text, "span1_index": candidate_index, "span2_index": 4, "span1_text": candidate,
-               "span2_text": pronoun, "idx": i, "label": int(candidate == pronoun_of)}
+        yield {
+            "text": text,
+            "span1_index": candidate_index,
+            "span2_index": 4,
+            "span1_text": candidate,
+            "span2_text": pronoun,
+            "idx": i,
+            "label": int(candidate == pronoun_of),
+        }
 
 
 def _multirc(rng, n):
@@ -160,8 +187,13 @@ def _multirc(rng, n):
             wrong_verb = rng.choice([v for v in VERBS if v != verb])
             options = [(f"{person} {verb} it", 1), (f"{person} {wrong_verb} a {colour} boat", 0)]
             for answer, label in options:
-                yield {"paragraph": paragraph, "question": question, "answer": answer, "label": label,
-                       "idx": {"paragraph": paragraph_idx, "question": question_idx, "answer": answer_idx}}
+                yield {
+                    "paragraph": paragraph,
+                    "question": question,
+                    "answer": answer,
+                    "label": label,
+                    "idx": {"paragraph": paragraph_idx, "question": question_idx, "answer": answer_idx},
+                }
                 answer_idx += 1
             question_idx += 1
         paragraph_idx += 1
@@ -173,16 +205,25 @@ def _record(rng, n):
         entities = sorted({f[1] for f in facts} | {_person(rng)})
         passage = f"{facts[0][0]} {facts[1][0]}\n@highlight\n{facts[0][1]} is happy\n@highlight\nA new day."
         _, person, verb, colour, noun = facts[1]
-        yield {"passage": passage, "query": f"@placeholder {verb} the {colour} {noun} .",
-               "entities": entities, "answers": [person], "idx": {"passage": i, "query": i}}
+        yield {
+            "passage": passage,
+            "query": f"@placeholder {verb} the {colour} {noun} .",
+            "entities": entities,
+            "answers": [person],
+            "idx": {"passage": i, "query": i},
+        }
 
 
 def _squad(rng, n):
     for i in range(n):
         facts = [_fact(rng) for _ in range(2)]
         _, person, verb, colour, noun = facts[i % 2]
-        yield {"qid": f"q{i}", "question": f"Who {verb} the {colour} {noun}?",
-               "context": " ".join(f[0] for f in facts), "answers": [person, f"{person}."]}
+        yield {
+            "qid": f"q{i}",
+            "question": f"Who {verb} the {colour} {noun}?",
+            "context": " ".join(f[0] for f in facts),
+            "answers": [person, f"{person}."],
+        }
 
 
 def _drop(rng, n):
@@ -190,8 +231,13 @@ def _drop(rng, n):
         person, noun = _person(rng), rng.choice(NOUNS)
         a, b = rng.randrange(1, 10), rng.randrange(1, 10)
         passage = f"{person} bought {a} {noun}s on Monday and {b} {noun}s on Tuesday."
-        yield {"query_id": f"d{i}", "passage": passage, "question": f"How many {noun}s did {person} buy?",
-               "answer": str(a + b), "validated_answers": [str(a + b)]}
+        yield {
+            "query_id": f"d{i}",
+            "passage": passage,
+            "question": f"How many {noun}s did {person} buy?",
+            "answer": str(a + b),
+            "validated_answers": [str(a + b)],
+        }
 
 
 def _winogrande(rng, n):
@@ -200,30 +246,46 @@ def _winogrande(rng, n):
         options = (man, woman) if rng.randrange(2) else (woman, man)
         referent = rng.choice(options)
         pronoun = "his" if referent == man else "her"
-        yield {"sentence": f"_ lost {pronoun} {rng.choice(NOUNS)} in {rng.choice(CITIES)}.",
-               "option1": options[0], "option2": options[1], "label": options.index(referent)}
+        yield {
+            "sentence": f"_ lost {pronoun} {rng.choice(NOUNS)} in {rng.choice(CITIES)}.",
+            "option1": options[0],
+            "option2": options[1],
+            "label": options.index(referent),
+        }
 
 
 def _endings(rng: random.Random, noun: str, label: int) -> list[str]:
     others = [x for x in NOUNS if x != noun]
-    return [f"then the {noun} was {rng.choice(COLOURS)}." if j == label
-            else f"then a {rng.choice(others)} fell." for j in range(4)]
+    return [
+        f"then the {noun} was {rng.choice(COLOURS)}." if j == label else f"then a {rng.choice(others)} fell."
+        for j in range(4)
+    ]
 
 
 def _hellaswag(rng, n):
     for i in range(n):
         noun, label = rng.choice(NOUNS), rng.randrange(4)
-        yield {"context": f"{_person(rng)} picked up the {noun},", "endings": _endings(rng, noun, label),
-               "activity_label": "Sample", "label": label, "split_type": "indomain", "source_id": f"s{i}"}
+        yield {
+            "context": f"{_person(rng)} picked up the {noun},",
+            "endings": _endings(rng, noun, label),
+            "activity_label": "Sample",
+            "label": label,
+            "split_type": "indomain",
+            "source_id": f"s{i}",
+        }
 
 
 def _cosmosqa(rng, n):
     for i in range(n):
         noun, label = rng.choice(NOUNS), rng.randrange(4)
         answers = _endings(rng, noun, label)
-        yield {"id": f"c{i}", "context": f"{_person(rng)} found a {noun} in {rng.choice(CITIES)}.",
-               "question": "What happened next?", **{f"answer{j}": a for j, a in enumerate(answers)},
-               "label": label}
+        yield {
+            "id": f"c{i}",
+            "context": f"{_person(rng)} found a {noun} in {rng.choice(CITIES)}.",
+            "question": "What happened next?",
+            **{f"answer{j}": a for j, a in enumerate(answers)},
+            "label": label,
+        }
 
 
 def _race(rng, n):
@@ -237,8 +299,13 @@ def _race(rng, n):
             questions.append(f"Who {verb} the {colour} {noun}?")
             options.append(choices)
             answers.append("ABCD"[position])
-        yield {"example_id": f"r{i}.txt", "article": " ".join(f[0] for f in facts), "questions": questions,
-               "options": options, "answers": answers}
+        yield {
+            "example_id": f"r{i}.txt",
+            "article": " ".join(f[0] for f in facts),
+            "questions": questions,
+            "options": options,
+            "answers": answers,
+        }
 
 
 GENERATORS: dict[str, Generator] = {
@@ -324,9 +391,19 @@ def train_sentencepiece(data_dir: str | Path, model_prefix: str | Path, vocab_si
             lines.extend(t.replace("\n", " ") for t in _texts(row))
     lines.append(" ".join(sorted(words)))
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_prefix=str(model_prefix), vocab_size=vocab_size,
-        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
-        num_threads=1, shuffle_input_sentence=False, hard_vocab_limit=False, minloglevel=2,
+        sentence_iterator=iter(lines),
+        model_prefix=str(model_prefix),
+        vocab_size=vocab_size,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        character_coverage=1.0,
+        num_threads=1,
+        shuffle_input_sentence=False,
+        hard_vocab_limit=False,
+        minloglevel=2,
     )
     return Path(f"{model_prefix}.model")
 

@@ -78,7 +78,7 @@ class RawData:
         return (self.train_split, self.heldout_split, *self.extra_test_splits.values())
 
     def source_name(self, data_dir: str | None) -> str:
-        """"files:<folder>" when the data folder holds any of this task's files, else "tfds:<builders>"."""
+        """ "files:<folder>" when the data folder holds any of this task's files, else "tfds:<builders>"."""
         if any(_data_file(data_dir, self.name, s) for s in self.official_splits) or not self.tfds_names:
             return f"files:{Path(data_dir or '<data_dir>') / self.name}"
         return "tfds:" + "+".join(self.tfds_names)
@@ -99,8 +99,10 @@ def _missing(raw: RawData, split: str, data_dir: str | None) -> FileNotFoundErro
     if raw.tfds_names:
         how = f"TFDS {' and '.join(raw.tfds_names)} is not prepared either (tfds build, or write that file)"
     else:
-        how = (f"{raw.name} is not in TFDS: write it with `python -m tasks.prepare {raw.name} --src ... "
-               f"--out DATA_DIR` and call tasks.configure(data_dir=DATA_DIR)")
+        how = (
+            f"{raw.name} is not in TFDS: write it with `python -m tasks.prepare {raw.name} --src ... "
+            f"--out DATA_DIR` and call tasks.configure(data_dir=DATA_DIR)"
+        )
     return FileNotFoundError(f"{raw.name}: no data file {where}; {how}")
 
 
@@ -121,8 +123,10 @@ def _column(values: list, spec: tf.TensorSpec):
 
 
 def _columns(rows: list[dict], features: Features) -> dict:
-    return {k: (_columns([r[k] for r in rows], spec) if isinstance(spec, Mapping)
-                else _column([r[k] for r in rows], spec)) for k, spec in features.items()}
+    return {
+        k: (_columns([r[k] for r in rows], spec) if isinstance(spec, Mapping) else _column([r[k] for r in rows], spec))
+        for k, spec in features.items()
+    }
 
 
 def _read_jsonl(path: Path, features: Features) -> tf.data.Dataset:
@@ -132,8 +136,10 @@ def _read_jsonl(path: Path, features: Features) -> tf.data.Dataset:
         try:
             return _columns([json.loads(line) for _, line in chunk], features)
         except (KeyError, ValueError, TypeError) as err:
-            raise ValueError(f"{path}, lines {chunk[0][0]}-{chunk[-1][0]}: bad or missing field ({err!r}); "
-                             f"rows need the fields {dict(features)}") from err
+            raise ValueError(
+                f"{path}, lines {chunk[0][0]}-{chunk[-1][0]}: bad or missing field ({err!r}); "
+                f"rows need the fields {dict(features)}"
+            ) from err
 
     def chunks():
         chunk = []
@@ -245,19 +251,28 @@ def split_plan(raw: RawData, data_dir: str | None) -> SplitPlan:
     train, held = f"official {raw.train_split} ({n_train})", f"official {raw.heldout_split} ({n_heldout})"
     if n_train < SMALL_TRAIN:
         first_half, second_half = _masks(n_heldout, n_heldout // 2)
-        parts = {"train": (raw.train_split, None), "validation": (raw.heldout_split, first_half),
-                 "test": (raw.heldout_split, second_half)}
+        parts = {
+            "train": (raw.train_split, None),
+            "validation": (raw.heldout_split, first_half),
+            "test": (raw.heldout_split, second_half),
+        }
         sizes = {"train": n_train, "validation": n_heldout // 2, "test": n_heldout - n_heldout // 2}
-        description = (f"train = {train}; {held} permuted with seed {SEED} and halved: "
-                       f"validation {sizes['validation']}, test {sizes['test']} (train < {SMALL_TRAIN})")
+        description = (
+            f"train = {train}; {held} permuted with seed {SEED} and halved: "
+            f"validation {sizes['validation']}, test {sizes['test']} (train < {SMALL_TRAIN})"
+        )
     else:
         validation, rest = _masks(n_train, VALIDATION_FROM_TRAIN)
-        parts = {"train": (raw.train_split, rest), "validation": (raw.train_split, validation),
-                 "test": (raw.heldout_split, None)}
-        sizes = {"train": n_train - VALIDATION_FROM_TRAIN, "validation": VALIDATION_FROM_TRAIN,
-                 "test": n_heldout}
-        description = (f"{train} permuted with seed {SEED}: validation {VALIDATION_FROM_TRAIN}, "
-                       f"train {sizes['train']}; test = {held} (train >= {SMALL_TRAIN})")
+        parts = {
+            "train": (raw.train_split, rest),
+            "validation": (raw.train_split, validation),
+            "test": (raw.heldout_split, None),
+        }
+        sizes = {"train": n_train - VALIDATION_FROM_TRAIN, "validation": VALIDATION_FROM_TRAIN, "test": n_heldout}
+        description = (
+            f"{train} permuted with seed {SEED}: validation {VALIDATION_FROM_TRAIN}, "
+            f"train {sizes['train']}; test = {held} (train >= {SMALL_TRAIN})"
+        )
     for split, official in raw.extra_test_splits.items():
         parts[split] = (official, None)
         sizes[split] = count_rows(raw, official, data_dir)
@@ -303,9 +318,17 @@ class ProtocolSource(seqio.DataSource):
     def num_input_examples(self, split: str) -> int:
         return self.plan().sizes[split]
 
-    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
-                    shard_info: seqio.ShardInfo | None = None, *, sequence_length=None, use_cached=False,
-                    num_epochs=1) -> tf.data.Dataset:
+    def get_dataset(
+        self,
+        split: str = "train",
+        shuffle: bool = True,
+        seed: int | None = None,
+        shard_info: seqio.ShardInfo | None = None,
+        *,
+        sequence_length=None,
+        use_cached=False,
+        num_epochs=1,
+    ) -> tf.data.Dataset:
         del shuffle, seed, sequence_length, use_cached, num_epochs  # Canonical order; see the docstring.
         if split not in self.splits:
             raise ValueError(f"{self._raw.name}: unknown split {split!r}; splits are {self.splits}")

@@ -37,8 +37,12 @@ def multirc(ex: Example) -> dict:
     inputs = tf.strings.regex_replace(inputs, "<br>", " ")
     inputs = tf.strings.regex_replace(inputs, "<(/)?b>", "")
     label = tf.cast(ex["label"], tf.int64)
-    return {"inputs": inputs, "targets": preprocessors.class_target(label, registry.label_names("multirc")),
-            "label": label, "group": tf.cast(ex["idx"]["question"], tf.int64)}
+    return {
+        "inputs": inputs,
+        "targets": preprocessors.class_target(label, registry.label_names("multirc")),
+        "label": label,
+        "group": tf.cast(ex["idx"]["question"], tf.int64),
+    }
 
 
 def _record_passage(passage: tf.Tensor) -> tf.Tensor:
@@ -55,14 +59,20 @@ def record(dataset: tf.data.Dataset) -> tf.data.Dataset:
         targets = tf.cond(tf.size(answers) > 0, lambda: answers, lambda: tf.constant([UNKNOWN]))
         targets = tf.cond(ex["is_train"], lambda: targets, lambda: targets[:1])
         n = tf.size(targets)
-        inputs = join_fields("record", [
-            ("query", ex["query"]),
-            ("entities", tf.strings.reduce_join(ex["entities"], separator=", ")),
-            ("passage", _record_passage(ex["passage"])),
-        ])
-        return {"inputs": tf.fill([n], inputs), "targets": targets,
-                "answers": tf.tile(answers[None], [n, 1]),
-                "group": tf.fill([n], tf.cast(ex["idx"]["query"], tf.int64))}
+        inputs = join_fields(
+            "record",
+            [
+                ("query", ex["query"]),
+                ("entities", tf.strings.reduce_join(ex["entities"], separator=", ")),
+                ("passage", _record_passage(ex["passage"])),
+            ],
+        )
+        return {
+            "inputs": tf.fill([n], inputs),
+            "targets": targets,
+            "answers": tf.tile(answers[None], [n, 1]),
+            "group": tf.fill([n], tf.cast(ex["idx"]["query"], tf.int64)),
+        }
 
     return dataset.map(examples, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
@@ -87,9 +97,11 @@ def mark_pronoun(text: tf.Tensor, pronoun: tf.Tensor, index: tf.Tensor) -> tf.Te
     cores = tf.strings.regex_replace(words, r"^\W+|\W+$", "")
     matches = tf.cast(tf.where(tf.equal(cores, pronoun))[:, 0], tf.int32)
     index = tf.cast(index, tf.int32)
-    index = tf.cond(tf.size(matches) > 0,
-                    lambda: tf.gather(matches, tf.argmin(tf.abs(matches - index))),
-                    lambda: tf.clip_by_value(index, 0, tf.size(words) - 1))
+    index = tf.cond(
+        tf.size(matches) > 0,
+        lambda: tf.gather(matches, tf.argmin(tf.abs(matches - index))),
+        lambda: tf.clip_by_value(index, 0, tf.size(words) - 1),
+    )
     marked = tf.strings.regex_replace(words[index], r"^(\W*)(.*?)(\W*)$", r"\1*\2*\3")
     words = tf.tensor_scatter_nd_update(words, [[index]], [marked])
     return tf.strings.reduce_join(words, separator=" ")
@@ -99,8 +111,7 @@ def wsc(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """WSC rows -> "wsc: .. *pronoun* .." -> the candidate referent span1_text (with `label`)."""
 
     def example(ex: Example) -> dict:
-        inputs = tf.strings.join(["wsc:", mark_pronoun(ex["text"], ex["span2_text"], ex["span2_index"])],
-                                 separator=" ")
+        inputs = tf.strings.join(["wsc:", mark_pronoun(ex["text"], ex["span2_text"], ex["span2_index"])], separator=" ")
         return {"inputs": inputs, "targets": ex["span1_text"], "label": tf.cast(ex["label"], tf.int64)}
 
     dataset = dataset.filter(lambda ex: tf.logical_not(ex["is_train"]) | tf.equal(ex["label"], 1))
@@ -115,16 +126,22 @@ def _register() -> None:
         "wic": ("sentence1", "sentence2", "word"),  # T5's order, not alphabetical.
     }
     for name, keys in text_fields.items():
-        registry.add_task(_raw(name, {**{k: _TEXT for k in keys}, "label": _LABEL}), "super_glue",
-                          preprocessors.key_value(name, keys, registry.label_names(name)))
-    multirc_fields = {"paragraph": _TEXT, "question": _TEXT, "answer": _TEXT, "label": _LABEL,
-                      "idx": {"question": _INDEX}}
+        registry.add_task(
+            _raw(name, {**{k: _TEXT for k in keys}, "label": _LABEL}),
+            "super_glue",
+            preprocessors.key_value(name, keys, registry.label_names(name)),
+        )
+    multirc_fields = {
+        "paragraph": _TEXT,
+        "question": _TEXT,
+        "answer": _TEXT,
+        "label": _LABEL,
+        "idx": {"question": _INDEX},
+    }
     registry.add_task(_raw("multirc", multirc_fields), "super_glue", multirc)
-    record_fields = {"passage": _TEXT, "query": _TEXT, "entities": _TEXTS, "answers": _TEXTS,
-                     "idx": {"query": _INDEX}}
+    record_fields = {"passage": _TEXT, "query": _TEXT, "entities": _TEXTS, "answers": _TEXTS, "idx": {"query": _INDEX}}
     registry.add_task(_raw("record", record_fields), "super_glue", record)
-    wsc_fields = {"text": _TEXT, "span1_text": _TEXT, "span2_text": _TEXT, "span2_index": _INDEX,
-                  "label": _LABEL}
+    wsc_fields = {"text": _TEXT, "span1_text": _TEXT, "span2_text": _TEXT, "span2_index": _INDEX, "label": _LABEL}
     registry.add_task(_raw("wsc", wsc_fields), "super_glue", wsc)
 
 

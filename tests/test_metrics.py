@@ -34,12 +34,15 @@ def test_postprocessors_accept_str_and_bytes(convert):
     assert pp.class_id(convert(" entailment\n"), label_names=labels) == 0
     assert pp.class_id(convert("Entailment"), label_names=labels) == -1
     assert pp.number(convert("3.4")) == 3.4
-    example = {"answers": np.array([b"Denver Broncos", "the Broncos".encode()]), "group": np.int64(7),
-               "label": np.int64(1), "targets_pretokenized": convert("The tall man")}
+    example = {
+        "answers": np.array([b"Denver Broncos", b"the Broncos"]),
+        "group": np.int64(7),
+        "label": np.int64(1),
+        "targets_pretokenized": convert("The tall man"),
+    }
     assert pp.qa(convert("x"), example, is_target=True) == ["Denver Broncos", "the Broncos"]
     assert pp.qa(convert("Broncos"), example) == "Broncos"
-    assert pp.record(convert("y"), example, is_target=True) == {
-        "group": 7, "value": ["Denver Broncos", "the Broncos"]}
+    assert pp.record(convert("y"), example, is_target=True) == {"group": 7, "value": ["Denver Broncos", "the Broncos"]}
     assert pp.record(convert("Broncos"), example) == {"group": 7, "value": "Broncos"}
     assert pp.multirc(convert("True"), example, is_target=True) == {"group": 7, "value": 1}
     assert pp.multirc(convert("maybe"), example) == {"group": 7, "value": -1}
@@ -116,12 +119,12 @@ def test_matthews_corrcoef():
     assert m.matthews_corrcoef([0, 1, 0, 1], [0, 1, 0, 1]) == {"matthews_corrcoef": 100.0}
     assert m.matthews_corrcoef([0, 1, 0, 1], [1, 0, 1, 0]) == {"matthews_corrcoef": -100.0}
     # Hand: tp=2, tn=1, fp=1, fn=0 -> (2*1 - 1*0) / sqrt(3 * 2 * 2 * 1).
-    assert m.matthews_corrcoef([1, 1, 0, 0], [1, 1, 1, 0])["matthews_corrcoef"] == pytest.approx(
-        100 * 2 / np.sqrt(12))
+    assert m.matthews_corrcoef([1, 1, 0, 0], [1, 1, 1, 0])["matthews_corrcoef"] == pytest.approx(100 * 2 / np.sqrt(12))
     for seed in range(3):
         t, p = _random_labels(seed, 150, 2, invalid_share=0.1)  # -1 acts as a third class, as in sklearn
         assert m.matthews_corrcoef(t, p)["matthews_corrcoef"] == pytest.approx(
-            100 * sklearn.metrics.matthews_corrcoef(t, p))
+            100 * sklearn.metrics.matthews_corrcoef(t, p)
+        )
     assert m.matthews_corrcoef([0, 1, 1], [1, 1, 1]) == {"matthews_corrcoef": 0.0}  # constant predictions
 
 
@@ -130,9 +133,11 @@ def test_correlations_match_scipy_and_handle_constants():
     t = np.round(rng.uniform(0, 5, 100) * 5) / 5  # STS-B style targets with many ties
     p = np.round((t + rng.normal(0, 1, 100)) * 5) / 5
     assert m.pearson_corrcoef(t.tolist(), p.tolist())["pearson_corrcoef"] == pytest.approx(
-        100 * scipy.stats.pearsonr(t, p)[0])
+        100 * scipy.stats.pearsonr(t, p)[0]
+    )
     assert m.spearman_corrcoef(t.tolist(), p.tolist())["spearman_corrcoef"] == pytest.approx(
-        100 * scipy.stats.spearmanr(t, p)[0])
+        100 * scipy.stats.spearmanr(t, p)[0]
+    )
     # Hand: a monotone but non-linear relation has Spearman 100 and Pearson below 100.
     assert m.spearman_corrcoef([1, 2, 3, 4], [1, 4, 9, 100])["spearman_corrcoef"] == pytest.approx(100)
     assert m.pearson_corrcoef([1, 2, 3], [2, 4, 6])["pearson_corrcoef"] == pytest.approx(100)
@@ -141,9 +146,21 @@ def test_correlations_match_scipy_and_handle_constants():
         assert list(fn([1.2, 3.4, 0.2], [3.4, 3.4, 3.4]).values()) == [0.0]
 
 
-@pytest.mark.parametrize("fn", [m.accuracy, m.f1_with_invalid, m.mean_class_f1(3), m.matthews_corrcoef,
-                                m.pearson_corrcoef, m.spearman_corrcoef, m.squad, m.record, m.multirc_f1a,
-                                m.multirc_exact_match])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        m.accuracy,
+        m.f1_with_invalid,
+        m.mean_class_f1(3),
+        m.matthews_corrcoef,
+        m.pearson_corrcoef,
+        m.spearman_corrcoef,
+        m.squad,
+        m.record,
+        m.multirc_f1a,
+        m.multirc_exact_match,
+    ],
+)
 def test_empty_input_is_a_clear_error(fn):
     with pytest.raises(ValueError, match="empty|no target|nothing"):
         fn([], [])
@@ -189,10 +206,12 @@ def test_squad_em_f1_max_over_answers():
 def test_record_scores_each_group_once():
     # Query 3 appears twice (one training copy per gold answer); only its first row counts.
     answers = ["Obama", "Barack Obama"]
-    targets = [{"group": 3, "value": answers}, {"group": 3, "value": answers},
-               {"group": 4, "value": ["NASA"]}]
-    predictions = [{"group": 3, "value": "Barack Obama"}, {"group": 3, "value": "wrong"},
-                   {"group": 4, "value": "the NASA agency"}]
+    targets = [{"group": 3, "value": answers}, {"group": 3, "value": answers}, {"group": 4, "value": ["NASA"]}]
+    predictions = [
+        {"group": 3, "value": "Barack Obama"},
+        {"group": 3, "value": "wrong"},
+        {"group": 4, "value": "the NASA agency"},
+    ]
     # Hand: group 3 EM 1 F1 1; group 4 EM 0, F1 of "nasa agency" vs "nasa" = 2*(1/2*1)/(1/2+1) = 2/3.
     assert m.record(targets, predictions) == pytest.approx({"em": 50.0, "f1": 100 * (1 + 2 / 3) / 2})
     with pytest.raises(ValueError, match="not aligned"):

@@ -45,8 +45,12 @@ def configure(sample_dir):
     """Configures the tasks with the sample vocabulary, MiniLM's vocab.txt and the given data folder."""
 
     def fn(data_dir, **kwargs):
-        tasks.configure(data_dir=data_dir, t5_vocab=sample_dir / "spm.model",
-                        encoder_vocab=os.path.join(MINILM, "vocab.txt"), **kwargs)
+        tasks.configure(
+            data_dir=data_dir,
+            t5_vocab=sample_dir / "spm.model",
+            encoder_vocab=os.path.join(MINILM, "vocab.txt"),
+            **kwargs,
+        )
 
     return fn
 
@@ -81,8 +85,14 @@ def test_import_is_fast_and_offline():
         "from tensorflow.python.eager import context; assert not context.context()._initialized\n"
         "print(len(tasks.names()), len(seqio.MixtureRegistry.names()), elapsed)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     num_tasks, num_mixtures, elapsed = result.stdout.split()[-3:]
     assert (int(num_tasks), int(num_mixtures)) == (25, 2)
@@ -90,9 +100,33 @@ def test_import_is_fast_and_offline():
 
 
 def test_registered_names():
-    expected = {"docnli", "yelp_polarity", "mnli", "qqp", "qnli", "record", "cxc", "squad", "drop", "sst2",
-                "winogrande", "hellaswag", "multirc", "cosmosqa", "race", "boolq", "cb", "cola", "copa", "cr",
-                "mrpc", "rte", "stsb", "wic", "wsc"}
+    expected = {
+        "docnli",
+        "yelp_polarity",
+        "mnli",
+        "qqp",
+        "qnli",
+        "record",
+        "cxc",
+        "squad",
+        "drop",
+        "sst2",
+        "winogrande",
+        "hellaswag",
+        "multirc",
+        "cosmosqa",
+        "race",
+        "boolq",
+        "cb",
+        "cola",
+        "copa",
+        "cr",
+        "mrpc",
+        "rte",
+        "stsb",
+        "wic",
+        "wsc",
+    }
     assert set(tasks.names()) == expected
     assert {f"sharpt_{n}" for n in expected} <= set(seqio.TaskRegistry.names())
 
@@ -121,10 +155,12 @@ def test_small_data_halve_the_validation_split(tmp_path, configure):
 
 
 def test_large_data_give_1k_training_rows_to_validation(tmp_path, configure):
-    _write_jsonl(tmp_path / "sst2" / "train.jsonl",
-                 [{"sentence": f"t{i}", "label": i % 2, "idx": i} for i in range(10_000)])
-    _write_jsonl(tmp_path / "sst2" / "validation.jsonl",
-                 [{"sentence": f"v{i}", "label": 1, "idx": i} for i in range(7)])
+    _write_jsonl(
+        tmp_path / "sst2" / "train.jsonl", [{"sentence": f"t{i}", "label": i % 2, "idx": i} for i in range(10_000)]
+    )
+    _write_jsonl(
+        tmp_path / "sst2" / "validation.jsonl", [{"sentence": f"v{i}", "label": 1, "idx": i} for i in range(7)]
+    )
     configure(tmp_path)
     train, validation, test = (_texts("sst2", s, "sentence") for s in ("train", "validation", "test"))
     assert (len(train), len(validation)) == (9_000, 1_000)
@@ -134,8 +170,7 @@ def test_large_data_give_1k_training_rows_to_validation(tmp_path, configure):
     assert seqio.get_mixture_or_task("sharpt_sst2").num_input_examples("train") == 9_000
     # One row fewer is small data.
     _write_jsonl(tmp_path / "sst2" / "train.jsonl", [{"sentence": "t", "label": 0, "idx": 0}] * 9_999)
-    assert seqio.get_mixture_or_task("sharpt_sst2").source.plan().sizes == {"train": 9_999, "validation": 3,
-                                                                          "test": 4}
+    assert seqio.get_mixture_or_task("sharpt_sst2").source.plan().sizes == {"train": 9_999, "validation": 3, "test": 4}
 
 
 def test_cxc_trains_on_its_validation_split_and_cr_halves_its_test_split(tmp_path, configure):
@@ -148,11 +183,17 @@ def test_cxc_trains_on_its_validation_split_and_cr_halves_its_test_split(tmp_pat
     cxc = seqio.get_mixture_or_task("sharpt_cxc").source.plan()
     assert cxc.sizes == {"train": 9_000, "validation": 1_000, "test": 30}
     assert {split: official for split, (official, _) in cxc.parts.items()} == {
-        "train": "validation", "validation": "validation", "test": "test"}
+        "train": "validation",
+        "validation": "validation",
+        "test": "test",
+    }
     cr = seqio.get_mixture_or_task("sharpt_cr").source.plan()
     assert cr.sizes == {"train": 40, "validation": 4, "test": 5}
     assert {split: official for split, (official, _) in cr.parts.items()} == {
-        "train": "train", "validation": "test", "test": "test"}
+        "train": "train",
+        "validation": "test",
+        "test": "test",
+    }
 
 
 def test_hidden_labels_never_reach_scored_splits(tmp_path, configure):
@@ -160,7 +201,11 @@ def test_hidden_labels_never_reach_scored_splits(tmp_path, configure):
     _write_jsonl(tmp_path / "rte" / "validation.jsonl", _rte_rows("v", 6, label=-1) + _rte_rows("w", 4))
     configure(tmp_path)
     assert sorted(_texts("rte", "validation", "sentence1") + _texts("rte", "test", "sentence1")) == [
-        "w0", "w1", "w2", "w3"]
+        "w0",
+        "w1",
+        "w2",
+        "w3",
+    ]
     train = list(seqio.get_mixture_or_task("sharpt_rte").get_dataset(None, split="train", shuffle=False))
     assert [ex["targets_pretokenized"].numpy() for ex in train] == [b"<unk>"] * 3
 
@@ -179,8 +224,7 @@ def test_shards_partition_a_split(tmp_path, configure):
     _write_jsonl(tmp_path / "rte" / "train.jsonl", _rte_rows("t", 10))
     _write_jsonl(tmp_path / "rte" / "validation.jsonl", _rte_rows("v", 4))
     configure(tmp_path)
-    shards = [[r["sentence1"] for r in _rows("rte", "train", shard_info=seqio.ShardInfo(i, 3))]
-              for i in range(3)]
+    shards = [[r["sentence1"] for r in _rows("rte", "train", shard_info=seqio.ShardInfo(i, 3))] for i in range(3)]
     assert sorted(sum(shards, [])) == sorted(f"t{i}".encode() for i in range(10))
     assert [len(s) for s in shards] == [4, 3, 3]
 
@@ -211,11 +255,29 @@ def test_info_of_tfds_tasks(configure):
 def test_mixture_contents():
     high_to_low = seqio.get_mixture_or_task("sharpt_source_high_to_low")
     category = seqio.get_mixture_or_task("sharpt_source_category")
-    assert sorted(t.name for t in high_to_low.tasks) == sorted(f"sharpt_{n}" for n in (
-        "docnli", "yelp_polarity", "mnli", "qqp", "qnli", "record", "cxc", "squad", "drop", "sst2",
-        "winogrande", "hellaswag", "multirc", "cosmosqa", "race"))
-    assert sorted(t.name for t in category.tasks) == sorted(f"sharpt_{n}" for n in (
-        "record", "squad", "drop", "multirc", "race", "yelp_polarity", "sst2", "qqp", "cxc"))
+    assert sorted(t.name for t in high_to_low.tasks) == sorted(
+        f"sharpt_{n}"
+        for n in (
+            "docnli",
+            "yelp_polarity",
+            "mnli",
+            "qqp",
+            "qnli",
+            "record",
+            "cxc",
+            "squad",
+            "drop",
+            "sst2",
+            "winogrande",
+            "hellaswag",
+            "multirc",
+            "cosmosqa",
+            "race",
+        )
+    )
+    assert sorted(t.name for t in category.tasks) == sorted(
+        f"sharpt_{n}" for n in ("record", "squad", "drop", "multirc", "race", "yelp_polarity", "sst2", "qqp", "cxc")
+    )
 
 
 def test_mixture_rates_are_capped_training_sizes(sample_dir, configure, tmp_path):
@@ -228,7 +290,8 @@ def test_mixture_rates_are_capped_training_sizes(sample_dir, configure, tmp_path
     assert rates == {t.name: (5 if t.name == "sharpt_sst2" else NUM_SAMPLES) for t in mixture.tasks}
     configure(data, mixture_cap=8)
     assert {t.name: mixture.get_rate(t) for t in mixture.tasks} == {
-        t.name: (5 if t.name == "sharpt_sst2" else 8) for t in mixture.tasks}
+        t.name: (5 if t.name == "sharpt_sst2" else 8) for t in mixture.tasks
+    }
     with pytest.raises(ValueError, match="mixture_cap"):
         tasks.configure(mixture_cap=0)
 
@@ -236,13 +299,14 @@ def test_mixture_rates_are_capped_training_sizes(sample_dir, configure, tmp_path
 def test_mixture_dataset_draws_from_every_task(sample_dir, configure):
     configure(sample_dir / "data")
     lengths = {"inputs": 24, "targets": 6, "instance_inputs": 12}
-    ds = seqio.get_mixture_or_task("sharpt_source_category").get_dataset(lengths, split="train", seed=0,
-                                                                          log_mixing_proportions=False)
+    ds = seqio.get_mixture_or_task("sharpt_source_category").get_dataset(
+        lengths, split="train", seed=0, log_mixing_proportions=False
+    )
     vocab = spm.SentencePieceProcessor(model_file=str(sample_dir / "spm.model"))
-    prefixes = {vocab.decode([int(i) for i in ex["inputs"] if i > 1]).split()[0]
-                for ex in ds.take(120).as_numpy_iterator()}
-    assert prefixes == {"record", "squad", "drop", "multirc", "race", "yelp_polarity_reviews", "sst2", "qqp",
-                        "cxc"}
+    prefixes = {
+        vocab.decode([int(i) for i in ex["inputs"] if i > 1]).split()[0] for ex in ds.take(120).as_numpy_iterator()
+    }
+    assert prefixes == {"record", "squad", "drop", "multirc", "race", "yelp_polarity_reviews", "sst2", "qqp", "cxc"}
     assert mixtures.CATEGORY and set(mixtures.CATEGORY) <= set(mixtures.HIGH_TO_LOW) | {"yelp_polarity"}
 
 
@@ -278,11 +342,20 @@ def test_feature_converter_outputs_the_model_features(sample_dir, configure):
     task = seqio.get_mixture_or_task("sharpt_rte")
     examples = list(task.get_dataset(lengths, split="train", shuffle=False).as_numpy_iterator())
     converter = features.SharPTFeatureConverter()
-    batch = next(converter(task.get_dataset(lengths, split="train", shuffle=False), lengths)
-                 .batch(len(examples)).as_numpy_iterator())
-    assert set(batch) == {"encoder_input_tokens", "encoder_input_mask", "decoder_input_tokens",
-                          "decoder_target_tokens", "decoder_loss_weights", "instance_input_tokens",
-                          "instance_input_mask"}
+    batch = next(
+        converter(task.get_dataset(lengths, split="train", shuffle=False), lengths)
+        .batch(len(examples))
+        .as_numpy_iterator()
+    )
+    assert set(batch) == {
+        "encoder_input_tokens",
+        "encoder_input_mask",
+        "decoder_input_tokens",
+        "decoder_target_tokens",
+        "decoder_loss_weights",
+        "instance_input_tokens",
+        "instance_input_mask",
+    }
     assert all(v.dtype == np.int32 for v in batch.values())
     assert converter.get_model_feature_lengths(lengths)["instance_input_mask"] == 8
     t5 = spm.SentencePieceProcessor(model_file=str(sample_dir / "spm.model"))
@@ -314,20 +387,27 @@ def test_samples_are_deterministic_and_in_the_canonical_splits(sample_dir, tmp_p
     written = sorted(p.relative_to(sample_dir / "data") for p in (sample_dir / "data").glob("*/*.jsonl"))
     again = sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").glob("*/*.jsonl"))
     assert written == again
-    assert all((sample_dir / "data" / p).read_bytes() == (tmp_path / "again" / p).read_bytes()
-               for p in written)
+    assert all((sample_dir / "data" / p).read_bytes() == (tmp_path / "again" / p).read_bytes() for p in written)
     assert {p.parent.name for p in written} == set(tasks.names())
     expected = {f"{n}/{s}.jsonl" for n in tasks.names() for s in registry.raw_data(n).official_splits}
     assert {str(p) for p in written} == expected
-    assert {"drop/dev.jsonl", "race/dev.jsonl", "winogrande/train_xl.jsonl", "cxc/validation.jsonl",
-            "cr/test.jsonl", "mnli/validation_mismatched.jsonl"} <= expected
+    assert {
+        "drop/dev.jsonl",
+        "race/dev.jsonl",
+        "winogrande/train_xl.jsonl",
+        "cxc/validation.jsonl",
+        "cr/test.jsonl",
+        "mnli/validation_mismatched.jsonl",
+    } <= expected
+
     def has_fields(row, fields):
         return all(k in row and (not isinstance(f, dict) or has_fields(row[k], f)) for k, f in fields.items())
 
     for path in written:  # Every row has the fields its task reads.
         rows = [json.loads(line) for line in (sample_dir / "data" / path).read_text().splitlines()]
-        assert len(rows) == NUM_SAMPLES and all(has_fields(r, registry.raw_data(path.parent.name).features)
-                                                for r in rows), path
+        assert len(rows) == NUM_SAMPLES and all(
+            has_fields(r, registry.raw_data(path.parent.name).features) for r in rows
+        ), path
 
 
 def test_sample_labels_follow_from_the_text(sample_dir):
@@ -343,8 +423,11 @@ def test_sentencepiece_model_has_t5_ids_and_is_deterministic(sample_dir, tmp_pat
     again = samples.train_sentencepiece(sample_dir / "data", tmp_path / "spm")
     model, first = (spm.SentencePieceProcessor(model_file=str(p)) for p in (again, sample_dir / "spm.model"))
     # The model file also records its own path, so compare the vocabularies.
-    assert [(model.id_to_piece(i), model.get_score(i)) for i in range(model.get_piece_size())] == \
-        [(first.id_to_piece(i), first.get_score(i)) for i in range(first.get_piece_size())]
+    assert [(model.id_to_piece(i), model.get_score(i)) for i in range(model.get_piece_size())] == [
+        (first.id_to_piece(i), first.get_score(i)) for i in range(first.get_piece_size())
+    ]
     assert (model.pad_id(), model.eos_id(), model.unk_id(), model.bos_id()) == (0, 1, 2, -1)
-    assert model.decode(model.encode("rte sentence1: Alice bought the red camera.")) == \
-        "rte sentence1: Alice bought the red camera."
+    assert (
+        model.decode(model.encode("rte sentence1: Alice bought the red camera."))
+        == "rte sentence1: Alice bought the red camera."
+    )

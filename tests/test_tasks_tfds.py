@@ -22,14 +22,29 @@ FILE_TASKS = [n for n in sorted(tasks.names()) if not registry.raw_data(n).tfds_
 
 # The first words of the inputs of each task (TASKS.md).
 PREFIXES = {
-    "docnli": "doc_nli hypothesis: ", "yelp_polarity": "yelp_polarity_reviews text: ",
-    "mnli": "mnli hypothesis: ", "qqp": "qqp question1: ", "qnli": "qnli question: ",
-    "record": "record query: ", "squad": "squad question: ", "drop": "drop question: ",
-    "sst2": "sst2 sentence: ", "winogrande": "winogrande sentence: ", "hellaswag": "hellaswag context: ",
-    "multirc": "multirc question: ", "cosmosqa": "cosmos_qa context: ", "race": "race question: ",
-    "boolq": "boolq passage: ", "cb": "cb hypothesis: ", "cola": "cola sentence: ", "copa": "copa choice1: ",
-    "mrpc": "mrpc sentence1: ", "rte": "rte sentence1: ", "stsb": "stsb sentence1: ",
-    "wic": "wic sentence1: ", "wsc": "wsc: ",
+    "docnli": "doc_nli hypothesis: ",
+    "yelp_polarity": "yelp_polarity_reviews text: ",
+    "mnli": "mnli hypothesis: ",
+    "qqp": "qqp question1: ",
+    "qnli": "qnli question: ",
+    "record": "record query: ",
+    "squad": "squad question: ",
+    "drop": "drop question: ",
+    "sst2": "sst2 sentence: ",
+    "winogrande": "winogrande sentence: ",
+    "hellaswag": "hellaswag context: ",
+    "multirc": "multirc question: ",
+    "cosmosqa": "cosmos_qa context: ",
+    "race": "race question: ",
+    "boolq": "boolq passage: ",
+    "cb": "cb hypothesis: ",
+    "cola": "cola sentence: ",
+    "copa": "copa choice1: ",
+    "mrpc": "mrpc sentence1: ",
+    "rte": "rte sentence1: ",
+    "stsb": "stsb sentence1: ",
+    "wic": "wic sentence1: ",
+    "wsc": "wsc: ",
 }
 
 

@@ -1,0 +1,164 @@
+"""SeqIO tasks and mixtures -> global `jax.Array` batches on the device mesh.
+
+Training (`train_batches`): every host reads its own shard of the input (`seqio.ShardInfo(process_index,
+process_count)`), shuffles it with the run's seed, repeats it forever and cuts batches of
+global_batch_size / process_count rows (remainder dropped); the host batches are assembled into global arrays
+split over the mesh's 'data' axis. The stream is a pure function of (task, lengths, batch size, seed, host),
+so a resumed run rebuilds it and skips the batches already consumed.
+
+Evaluation (`eval_batches`): every host reads the whole split in its canonical order (no shuffle), the last
+batch is padded with all-zero rows (so every mask and loss weight is 0 there), and each batch comes with its
+task examples (the `*_pretokenized` strings and raw fields) for the postprocessors and metrics.
+
+Batches hold the features of `tasks.features.SharPTFeatureConverter` as int32 arrays:
+encoder_input_tokens / encoder_input_mask [B, T], decoder_input_tokens / decoder_target_tokens /
+decoder_loss_weights [B, S], instance_input_tokens / instance_input_mask [B, I].
+"""
+
+import functools
+from collections.abc import Iterator, Mapping
+
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from sharpt_jax import sharding
+from tasks.features import SharPTFeatureConverter
+
+Batch = dict[str, jax.Array]
+Lengths = Mapping[str, int]  # {"inputs": T, "targets": S, "instance_inputs": I}
+
+
+@functools.cache
+def keep_tensorflow_off_accelerators() -> None:
+    """Hides GPUs from TensorFlow so that tf.data never takes accelerator memory that JAX needs."""
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError as err:  # The TF runtime already started: fine only if it sees no GPU.
+        if tf.config.get_visible_devices("GPU"):
+            raise RuntimeError(
+                "TensorFlow started with GPUs visible before sharpt_jax.data could hide them; "
+                "build datasets through sharpt_jax.data first"
+            ) from err
+
+
+def host_batch_size(global_batch_size: int, mesh: jax.sharding.Mesh) -> int:
+    """The rows each host feeds: global / process_count, after checking that the mesh can split the batch."""
+    processes, data = jax.process_count(), mesh.shape["data"]
+    if global_batch_size <= 0 or global_batch_size % processes:
+        raise ValueError(f"batch size {global_batch_size} is not a positive multiple of {processes} hosts")
+    if global_batch_size % data:
+        raise ValueError(f"batch size {global_batch_size} does not divide over the data axis of size {data}")
+    return global_batch_size // processes
+
+
+def to_global(host_batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> Batch:
+    """Host-local rows [b, ...] of every host -> global arrays [b * process_count, ...] split over 'data'."""
+    batch_sharding = sharding.batch_sharding(mesh)
+    out = {}
+    for key, value in host_batch.items():
+        global_shape = (value.shape[0] * jax.process_count(), *value.shape[1:])
+        out[key] = jax.make_array_from_process_local_data(batch_sharding, value, global_shape)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Training stream.
+# ---------------------------------------------------------------------------------------------
+
+
+def host_train_dataset(
+    task_or_mixture: str,
+    sequence_length: Lengths,
+    batch_size: int,
+    seed: int,
+    shard_info: seqio.ShardInfo,
+    start_step: int = 0,
+) -> tf.data.Dataset:
+    """The endless, seeded stream of one host's training batches, from batch `start_step` on.
+
+    Args:
+      task_or_mixture: a registered seqio task or mixture, e.g. "sharpt_source_category".
+      sequence_length: {"inputs": T, "targets": S, "instance_inputs": I}.
+      batch_size: rows per batch of this host.
+      seed: seeds the example shuffle of every task and the mixture's sampling.
+      shard_info: which shard of every task's training rows this host reads.
+      start_step: the number of batches to leave out at the start (those a resumed run already trained on).
+
+    Returns:
+      A tf.data.Dataset of dicts of int32 arrays [batch_size, length] (the converter's features).
+    """
+    keep_tensorflow_off_accelerators()
+    ds = seqio.get_mixture_or_task(task_or_mixture).get_dataset(
+        sequence_length, split="train", shuffle=True, seed=seed, shard_info=shard_info, num_epochs=None
+    )
+    # Exact resume replays the stream: seqio tokenises before it shuffles (the shuffle buffer holds tokenised
+    # examples), so the skipped examples are read and tokenised once more; skipping them here, before the
+    # feature converter and batching, saves only that later work. The cost is one pass of the input pipeline
+    # over start_step * batch_size examples per host, at tokenisation speed (thousands of examples/s per
+    # core). Checkpointing the tf.data iterator instead would save that time, but a shuffle buffer of
+    # tokenised examples per task makes large checkpoints, and file-reading generators cannot be saved.
+    ds = ds.skip(start_step * batch_size)
+    ds = SharPTFeatureConverter()(ds, sequence_length)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def train_batches(
+    task_or_mixture: str,
+    sequence_length: Lengths,
+    global_batch_size: int,
+    mesh: jax.sharding.Mesh,
+    seed: int,
+    start_step: int = 0,
+) -> Iterator[Batch]:
+    """Endless global training batches [global_batch_size, length], sharded over the mesh's 'data' axis.
+
+    Starting at `start_step` yields exactly the batches an uninterrupted stream yields from that step on (it
+    replays the skipped part of the input pipeline: see `host_train_dataset`).
+    """
+    shard_info = seqio.ShardInfo(jax.process_index(), jax.process_count())
+    ds = host_train_dataset(
+        task_or_mixture, sequence_length, host_batch_size(global_batch_size, mesh), seed, shard_info, start_step
+    )
+    for host_batch in ds.as_numpy_iterator():
+        yield to_global(host_batch, mesh)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation batches.
+# ---------------------------------------------------------------------------------------------
+
+
+def eval_batches(
+    task: str, split: str, sequence_length: Lengths, batch_size: int, mesh: jax.sharding.Mesh
+) -> Iterator[tuple[Batch, int, list[dict]]]:
+    """The examples of one split in canonical order, as padded global batches.
+
+    Every host reads the whole split (evaluation splits are small) and feeds its slice of rows of each global
+    batch, so all hosts agree on the order and on the examples of every batch. The task examples are held in
+    memory, tokenised once (the converter reads them back from an in-memory cache).
+
+    Args:
+      task: a registered seqio task, e.g. "sharpt_rte".
+      split: "validation", "test", ...
+      sequence_length: {"inputs": T, "targets": S, "instance_inputs": I}.
+      batch_size: rows of every global batch, the last one included.
+      mesh: the device mesh; batches are split over its 'data' axis.
+
+    Yields:
+      (batch, num_real_rows, examples): the global batch (dict of int32 [batch_size, length]) whose rows from
+      num_real_rows on are zero padding, and the num_real_rows task examples of its real rows (numpy values,
+      strings as bytes).
+    """
+    keep_tensorflow_off_accelerators()
+    local = host_batch_size(batch_size, mesh)
+    rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+    ds = seqio.get_mixture_or_task(task).get_dataset(sequence_length, split=split, shuffle=False, num_epochs=1).cache()
+    examples = list(ds.as_numpy_iterator())  # Fills the cache that the converter reads next.
+    converted = SharPTFeatureConverter()(ds, sequence_length).batch(batch_size)
+    for start, batch in zip(range(0, len(examples), batch_size), converted.as_numpy_iterator(), strict=True):
+        real = examples[start : start + batch_size]
+        pad = batch_size - len(real)
+        padded = {k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1))[rows] for k, v in batch.items()}
+        yield to_global(padded, mesh), len(real), real

