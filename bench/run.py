@@ -144,7 +144,7 @@ def measure_train(s: Settings, point: shapes.Point, peak: float) -> dict:
     step_fn = optim.make_train_step(graphdef, optimizer, optim.learning_rate_schedule(LEARNING_RATE, 0))
     state = optim.init_train_state(trainable, optimizer)
     batch = jax.tree_util.tree_map(jnp.asarray, make_batch(point, s.t5.vocab_size, s.encoder.vocab_size))
-    key = jax.random.key(0)
+    key = optim.dropout_key(0)
 
     start = time.perf_counter()
     traced = jax.jit(step_fn, donate_argnums=(0,)).trace(state, frozen, batch, key)

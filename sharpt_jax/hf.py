@@ -28,7 +28,15 @@ class CheckpointError(ValueError):
 # Reading a folder.
 # ---------------------------------------------------------------------------------------------
 
-_WEIGHT_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
+# What a download fetches: config, weights, and the vocabulary files the input pipeline reads.
+_MODEL_PATTERNS = [
+    "config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "spiece.model",
+    "vocab.txt",
+]
 
 
 def resolve_folder(path: str | os.PathLike) -> Path:
@@ -41,7 +49,7 @@ def resolve_folder(path: str | os.PathLike) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(str(path), allow_patterns=_WEIGHT_PATTERNS))
+        return Path(snapshot_download(str(path), allow_patterns=_MODEL_PATTERNS))
     except Exception as err:  # Offline, unknown id, or no access: one clear message.
         raise CheckpointError(
             f"{path}: no local folder of that name and the hub download failed ({type(err).__name__}: "
@@ -205,12 +213,14 @@ def _t5_hf_name(path: str) -> str:
     raise ValueError(f"T5 parameter {path} has no Hugging Face name in _T5_NAMES")
 
 
-def load_t5(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32):
+def load_t5(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype | None = None):
     """Builds our `T5` from a Hugging Face `T5ForConditionalGeneration` folder (or hub id).
 
     Args:
       path: a folder holding config.json and the weights, or a hub model id.
-      dtype: storage and compute dtype of the returned model (float32 or bfloat16).
+      dtype: compute dtype of the returned model (float32 or bfloat16).
+      param_dtype: storage dtype of its weights; None means `dtype` (a frozen backbone); float32 with a
+        bfloat16 `dtype` keeps trained weights exact (ModelTuning).
 
     Returns:
       `sharpt_jax.models.t5.T5` holding the checkpoint's weights.
@@ -233,11 +243,12 @@ def load_t5(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32):
         if not np.array_equal(lm_head, shared):
             config = dataclasses.replace(config, tie_word_embeddings=False)
     # Abstract build: the random init of a large model would only be thrown away.
-    model = nnx.eval_shape(lambda: t5.T5(config, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
+    param_dtype = dtype if param_dtype is None else param_dtype
+    model = nnx.eval_shape(lambda: t5.T5(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
     reader = WeightReader(weights, source)
     values = take_params(model, reader, _t5_hf_name)
     reader.check_all_used(ignore=_T5_IGNORED)
-    assign_params(model, values, source, dtype)
+    assign_params(model, values, source, param_dtype)
     return model
 
 

@@ -126,5 +126,11 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     return train_step
 
 
+def dropout_key(seed: int) -> jax.Array:
+    """The run's dropout key. rbg rather than threefry: XLA compiles the dropout of a T5 step about 3x faster on
+    CPU with rbg, and its masks depend only on (seed, step), not on the mesh (the trainer tests check that)."""
+    return jax.random.key(seed, impl="rbg")
+
+
 def init_train_state(trainable: nnx.State, optimizer: optax.GradientTransformation) -> dict:
     return {"trainable": trainable, "opt": optimizer.init(trainable), "step": jnp.zeros((), jnp.int32)}

@@ -1,0 +1,109 @@
+"""Defaults shared by every config: the paper's hyper-parameters, model sizes, and the argument parser.
+
+Every field can be overridden on the command line, e.g. `--config.batch_size=64 --config.mesh_shape=4,2`.
+The configs that users run are `source_mix.py`, `target.py` and `demo.py`; each one's docstring has its command.
+"""
+
+import ml_collections
+
+# T5 v1.1 LM-adapted checkpoints (Lester et al., 2021), the paper's backbone family, by size.
+T5_LM_ADAPT = {
+    "small": "google/t5-small-lm-adapt",
+    "base": "google/t5-base-lm-adapt",
+    "large": "google/t5-large-lm-adapt",
+    "xl": "google/t5-xl-lm-adapt",
+    "xxl": "google/t5-xxl-lm-adapt",
+}
+# The paper's instance encoder: supervised SimCSE on BERT-base; its sentence embedding is the pooler output.
+SIMCSE_BERT_BASE = "princeton-nlp/sup-simcse-bert-base-uncased"
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """'high_to_low,size=large' -> {first positional name: 'high_to_low', size: 'large', ...defaults}.
+
+    The first key of `defaults` takes a bare value; every other value is `key=value`. Values are converted to
+    the type of their default (int, float, bool, str), and unknown keys are an error.
+    """
+    out = ml_collections.ConfigDict(defaults)
+    positional = next(iter(defaults))
+    for i, item in enumerate(filter(None, (arg or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            if i:
+                raise ValueError(f"config argument {arg!r}: only the first value ({positional}) may omit 'key='")
+            key, value = positional, item
+        if key not in defaults:
+            raise ValueError(f"config argument {arg!r}: unknown key {key!r}; known: {', '.join(defaults)}")
+        default = defaults[key]
+        if isinstance(default, bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        else:
+            out[key] = type(default)(value)
+    return out
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The fields of every run, with the paper's values (Pang et al., Sec. 3 "Training Details")."""
+    c = ml_collections.ConfigDict()
+    c.mode = "train"  # train | eval (score every saved checkpoint not yet scored) | demo (configs/demo.py).
+    c.method = "sharpt"  # sharpt | no_latent | prompt_tuning | model_tuning (sharpt_jax.models.sharpt.METHODS).
+    c.stage = "source"  # source (Eq. 5: codebook + generator) | target (Eq. 3: generator only).
+    # What to train on: a task or mixture name without the "sharpt_" prefix ("source_high_to_low", "wic"), or a
+    # comma-separated list of tasks, mixed in proportion to their training sizes like the registered mixtures.
+    c.task = "source_high_to_low"
+
+    # -- Models. --
+    c.t5 = T5_LM_ADAPT["base"]  # Hugging Face hub id or local folder; "random" builds `t5_random` (demo, tests).
+    # T5Config fields of the randomly initialised T5 used when t5 == "random"; its vocabulary size is that of
+    # `t5_vocab`. The init seed is fixed (0) so that a source run and its targets build the same backbone.
+    c.t5_random = ml_collections.ConfigDict(
+        dict(
+            d_model=64,
+            d_kv=16,
+            d_ff=128,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+        )
+    )
+    c.t5_vocab = ""  # SentencePiece model; "" = spiece.model in the T5 folder.
+    c.backbone_dtype = "bfloat16"  # Compute (and frozen-weight) dtype of T5 and the encoder: bfloat16 | float32.
+    c.encoder = SIMCSE_BERT_BASE  # Instance encoder: hub id or local BERT-family folder.
+    c.encoder_pooling = "pooler"  # cls | pooler | mean; SimCSE's sentence embedding is the pooler output.
+    c.encoder_vocab = ""  # WordPiece vocab.txt; "" = vocab.txt in the encoder folder.
+
+    # -- SharPT. --
+    c.num_skills = 100  # K, codebook size (the paper does not state it).
+    c.prompt_length = 64  # L, soft tokens per instance (the paper).
+    c.beta = 1.0  # Weight of the codebook loss; Eq. 5 adds it unweighted.
+
+    # -- Optimisation. --
+    c.optimizer = "adam"  # adam (the paper) | adafactor (Prompt Tuning and SPoT's choice).
+    c.learning_rate = 0.3
+    c.warmup_steps = 4000  # Linear warm-up, then constant.
+    c.num_train_steps = 80_000  # 80K source steps, 100K per target (configs/target.py).
+    c.batch_size = 32  # Global batch (the paper does not state it; Prompt Tuning and SPoT used 32).
+    # Task feature lengths: T5 input and target tokens, instance-encoder tokens.
+    c.sequence_length = ml_collections.ConfigDict(dict(inputs=512, targets=128, instance_inputs=128))
+
+    # -- Devices and randomness. --
+    c.mesh_shape = "-1,1"  # data,model; -1 = all remaining devices (data parallel by default).
+    c.distributed = False  # Call jax.distributed.initialize() first (multi-host TPU pods and GPU clusters).
+    c.seed = 0  # Seeds the new parameters, the data order and dropout.
+
+    # -- Checkpoints, logs, evaluation. --
+    c.save_every = 500  # Steps between checkpoints (the paper), and after the last step.
+    c.log_every = 100  # Steps between lines of metrics.jsonl / TensorBoard / the progress line.
+    c.eval_every = 0  # Steps between validation scores during training; 0 = none (use mode=eval).
+    c.eval = ml_collections.ConfigDict(dict(splits=("validation", "test"), batch_size=32, max_decode_len=64))
+    # The source run whose codebook and generator a target run starts from (its workdir), and its step
+    # (-1 = the latest checkpoint). Needed by method sharpt in stage target.
+    c.source_checkpoint = ""
+    c.source_step = -1
+
+    # -- Data. --
+    c.data_dir = ""  # Folder of <task>/<split>.jsonl files read instead of TFDS (CxC and CR live only here).
+    c.mixture_cap = 2**19  # Examples-proportional mixing limit of the source mixtures.
+    return c

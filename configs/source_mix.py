@@ -1,0 +1,25 @@
+"""Source training: the skill codebook and prompt generator on a mixture of source tasks (Eq. 5).
+
+    python run.py --config=configs/source_mix.py --workdir=DIR
+    python run.py --config=configs/source_mix.py:category,size=large --workdir=DIR
+    python run.py --config=configs/source_mix.py:high_to_low,method=prompt_tuning --workdir=DIR
+
+Argument: `high_to_low` (15 high-resource sources, the default) or `category` (9 sources by task category),
+then `method=` (sharpt | no_latent | prompt_tuning | model_tuning) and `size=` (small | base | large | xl | xxl
+LM-adapted T5). Score the saved checkpoints afterwards with `--config.mode=eval`.
+"""
+
+from configs import common
+
+
+def get_config(arg: str | None = None):
+    arg = common.parse_arg(arg, mixture="high_to_low", method="sharpt", size="base")
+    if arg.mixture not in ("high_to_low", "category"):
+        raise ValueError(f"unknown source mixture {arg.mixture!r}; choose high_to_low or category")
+    c = common.get_config()
+    c.stage = "source"
+    c.task = f"source_{arg.mixture}"
+    c.method = arg.method
+    c.t5 = common.T5_LM_ADAPT[arg.size]
+    c.num_train_steps = 80_000  # The paper's source training.
+    return c

@@ -1,0 +1,28 @@
+"""Target training: one low-resource task, from a source run's codebook and generator (Eq. 3).
+
+    python run.py --config=configs/target.py:wic --workdir=DIR --config.source_checkpoint=SRC_DIR
+    python run.py --config=configs/target.py:wic --workdir=DIR --config.mode=eval
+    python run.py --config=configs/target.py:rte,method=prompt_tuning,size=large --workdir=DIR
+
+Argument: the target task (boolq, cb, cola, copa, cr, mrpc, rte, stsb, wic, wsc; any registered task works),
+then `method=` and `size=` as in source_mix.py. SharPT (and the `no_latent` ablation) needs
+`--config.source_checkpoint`, the workdir of a source run of the same method: its codebook stays frozen and the
+generator trains on from the source's. PromptTuning and ModelTuning train from their initialisation (the
+paper's baselines), so they take no source checkpoint. The ablation "no source task
+training" is `configs/source_mix.py` pointed at the target alone: `--config.task=wic`.
+"""
+
+from configs import common
+
+
+def get_config(arg: str | None = None):
+    arg = common.parse_arg(arg, task="wic", method="sharpt", size="base")
+    c = common.get_config()
+    c.stage = "target"
+    c.task = arg.task
+    c.method = arg.method
+    c.t5 = common.T5_LM_ADAPT[arg.size]
+    c.num_train_steps = 100_000  # The paper's target training.
+    # Short answers: class names, numbers, a referent; 128 would only pad.
+    c.sequence_length.targets = 16 if arg.task != "wsc" else 32
+    return c

@@ -1,0 +1,43 @@
+"""Command line: train, evaluate or run the demo, as the config says.
+
+    python run.py --config=configs/source_mix.py --workdir=DIR
+    python run.py --config=configs/target.py:wic --workdir=DIR --config.source_checkpoint=SRC_DIR
+    python run.py --config=configs/target.py:wic --workdir=DIR --config.mode=eval
+    python run.py --config=configs/demo.py --workdir=DIR
+
+Mistakes in the config or the command line end the run with one line on stderr and exit status 1.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/target.py:wic.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = _CONFIG.value
+    # Imported here so that --help and flag errors do not wait for JAX and TensorFlow.
+    import jax
+
+    from sharpt_jax import build, data, demo, evaluate, train
+
+    if config.distributed:
+        jax.distributed.initialize()  # Before any JAX computation: every host joins the same runtime.
+    data.keep_tensorflow_off_accelerators()
+    runs = {"train": train.train, "eval": evaluate.evaluate_checkpoints, "demo": demo.run}
+    try:
+        if config.mode not in runs:
+            raise build.ConfigError(f"config.mode={config.mode!r} is not one of {', '.join(runs)}")
+        runs[config.mode](config, _WORKDIR.value)
+    except (build.ConfigError, train.TrainingDiverged) as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,264 @@
+"""From a config to what a run needs: checked fields, configured tasks, and the SharPT model with its identity.
+
+The trainer, the evaluator and the demo build everything through these functions, so a target run and the
+source run it starts from resolve models, vocabularies and tasks the same way. Every user mistake found here
+raises `ConfigError` with one line that says what to change; run.py prints it instead of a traceback.
+"""
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import seqio
+from flax import nnx
+
+import tasks
+from sharpt_jax import checkpoints, data, hf, optim, sharding
+from sharpt_jax.models.sharpt import METHODS, SharPT
+from sharpt_jax.models.t5 import T5, T5Config
+from tasks import mixtures, registry
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+RANDOM_T5 = "random"
+RANDOM_T5_SEED = 0  # Fixed: a source run and its targets must build the same random backbone.
+
+
+class ConfigError(ValueError):
+    """A config or command-line mistake; its message is one line that says what to change."""
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for a field outside its allowed values (before anything slow is built)."""
+    allowed = {
+        "method": METHODS,
+        "stage": optim.STAGES,
+        "optimizer": ("adam", "adafactor"),
+        "backbone_dtype": tuple(DTYPES),
+        "encoder_pooling": ("cls", "pooler", "mean"),
+    }
+    for field, values in allowed.items():
+        if config[field] not in values:
+            raise ConfigError(f"config.{field}={config[field]!r} is not one of {', '.join(values)}")
+    for field in ("num_skills", "prompt_length", "num_train_steps", "batch_size", "save_every", "log_every"):
+        if config[field] <= 0:
+            raise ConfigError(f"config.{field} must be positive, got {config[field]}")
+    if needs_source(config) and config.mode == "train" and not config.source_checkpoint:
+        raise ConfigError(
+            f"method {config.method} in stage target starts from a source run: set "
+            "--config.source_checkpoint=SRC_DIR (the workdir of configs/source_mix.py)"
+        )
+
+
+def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """The device mesh of `config.mesh_shape`, checked against the devices and both batch sizes."""
+    try:
+        mesh = sharding.make_mesh(config.mesh_shape)
+        data.host_batch_size(config.batch_size, mesh)
+        data.host_batch_size(config.eval.batch_size, mesh)
+    except ValueError as err:
+        raise ConfigError(f"config.mesh_shape={config.mesh_shape!r}: {err}") from err
+    return mesh
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: model folders and vocabularies.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Files:
+    """Where the frozen models and vocabularies of a run come from (None: a random T5)."""
+
+    t5_folder: Path | None
+    encoder_folder: Path
+    t5_vocab: Path
+    encoder_vocab: Path
+
+
+def _folder(path: str, what: str) -> Path:
+    try:
+        return hf.resolve_folder(path)
+    except hf.CheckpointError as err:
+        raise ConfigError(f"{what}: {err}") from err
+
+
+def _file(path: str, default_folder: Path | None, default_name: str, field: str) -> Path:
+    if path:
+        found = Path(path).expanduser()
+    elif default_folder is not None:
+        found = default_folder / default_name
+    else:
+        raise ConfigError(f"config.{field} is empty: a random T5 needs a SentencePiece model file")
+    if not found.is_file():
+        raise ConfigError(f"config.{field}: {found} is not a file; set --config.{field}=PATH")
+    return found
+
+
+def resolve_files(config: ml_collections.ConfigDict) -> Files:
+    """Finds (or downloads, when online) the T5 and encoder folders and the two vocabulary files."""
+    t5_folder = None if config.t5 == RANDOM_T5 else _folder(config.t5, "config.t5")
+    encoder_folder = _folder(config.encoder, "config.encoder")
+    return Files(
+        t5_folder=t5_folder,
+        encoder_folder=encoder_folder,
+        t5_vocab=_file(config.t5_vocab, t5_folder, "spiece.model", "t5_vocab"),
+        encoder_vocab=_file(config.encoder_vocab, encoder_folder, "vocab.txt", "encoder_vocab"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks.
+# ---------------------------------------------------------------------------------------------
+
+
+def configure_tasks(config: ml_collections.ConfigDict, files: Files) -> tuple[str, list[str]]:
+    """Points every task at the config's data and vocabularies; returns (train task or mixture, eval tasks).
+
+    `config.task` is a task or mixture without the "sharpt_" prefix, or a comma-separated list of tasks, which
+    becomes the mixture `sharpt_mix_<a>+<b>+...` mixed like the registered ones. The eval tasks are the task
+    itself or the mixture's tasks, as seqio names.
+    """
+    tasks.configure(
+        data_dir=config.data_dir or None,
+        t5_vocab=files.t5_vocab,
+        encoder_vocab=files.encoder_vocab,
+        mixture_cap=config.mixture_cap,
+    )
+    known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+    short = [n.strip().removeprefix(registry.PREFIX) for n in config.task.split(",")]
+    names = [registry.PREFIX + n for n in short]
+    unknown = [s for s, n in zip(short, names, strict=True) if n not in known]
+    if unknown:
+        raise ConfigError(
+            f"config.task={config.task!r}: unknown task {', '.join(unknown)}; tasks are "
+            f"{', '.join(tasks.names())}, mixtures source_high_to_low and source_category"
+        )
+    if len(names) == 1:
+        name = names[0]
+    else:
+        name = registry.PREFIX + "mix_" + "+".join(n.removeprefix(registry.PREFIX) for n in names)
+        if name not in seqio.MixtureRegistry.names():
+            seqio.MixtureRegistry.add(name, names, default_rate=mixtures.capped_rate)
+    if name in seqio.MixtureRegistry.names():
+        return name, [t.name for t in seqio.get_mixture_or_task(name).tasks]
+    return name, [name]
+
+
+# ---------------------------------------------------------------------------------------------
+# The model.
+# ---------------------------------------------------------------------------------------------
+
+
+def _random_t5(config: ml_collections.ConfigDict, dtype, param_dtype) -> T5:
+    vocab_size = registry.OUTPUT_FEATURES["targets"].vocabulary.vocab_size
+    t5_config = T5Config(vocab_size=vocab_size, **config.t5_random.to_dict())
+    return T5(t5_config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(RANDOM_T5_SEED))
+
+
+def _state_checksum(module: nnx.Module) -> str:
+    """sha256 over a module's parameter paths, shapes and bytes (identifies a randomly initialised backbone)."""
+    digest = hashlib.sha256()
+    for path, value in sorted(nnx.to_flat_state(nnx.state(module, nnx.Param)), key=lambda kv: kv[0]):
+        array = np.asarray(jax.device_get(value[...]))
+        digest.update(f"{optim.path_str(path)}\0{array.shape}\0{array.dtype}\0".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def build_model(config: ml_collections.ConfigDict, files: Files) -> tuple[SharPT, dict]:
+    """The SharPT model of the config (frozen weights loaded, new parameters initialised from config.seed).
+
+    Returns:
+      (model, identity): identity records the frozen models, {"t5": {"path", "checksum"}, "encoder": {...}},
+      which a target run compares with its source run's. Call after `configure_tasks` (a random T5 takes its
+      vocabulary size from the configured T5 vocabulary).
+    """
+    dtype = DTYPES[config.backbone_dtype]
+    # Trained weights stay float32 (ModelTuning); frozen ones are stored in the compute dtype.
+    param_dtype = jnp.float32 if config.method == "model_tuning" else dtype
+    try:
+        if files.t5_folder is None:
+            t5 = _random_t5(config, dtype, param_dtype)
+            t5_identity = {"path": RANDOM_T5, "checksum": _state_checksum(t5)}
+        else:
+            t5 = hf.load_t5(files.t5_folder, dtype=dtype, param_dtype=param_dtype)
+            t5_identity = {"path": str(files.t5_folder), "checksum": checkpoints.folder_checksum(files.t5_folder)}
+        encoder = (
+            hf.load_encoder(files.encoder_folder, config.encoder_pooling, dtype=dtype)
+            if config.method in ("sharpt", "no_latent")
+            else None  # The baselines read only its vocabulary (the input pipeline is the same for all).
+        )
+    except (hf.CheckpointError, FileNotFoundError) as err:
+        raise ConfigError(str(err)) from err
+    identity = {
+        "t5": t5_identity,
+        "encoder": {"path": str(files.encoder_folder), "checksum": checkpoints.folder_checksum(files.encoder_folder)},
+    }
+    model = SharPT(
+        t5,
+        encoder,
+        method=config.method,
+        prompt_length=config.prompt_length,
+        num_skills=config.num_skills,
+        beta=config.beta,
+        rngs=nnx.Rngs(config.seed),
+    )
+    return model, identity
+
+
+# ---------------------------------------------------------------------------------------------
+# Target stage: start from the source run.
+# ---------------------------------------------------------------------------------------------
+
+
+# Methods whose target stage starts from their source stage's parameters (the others train from their init).
+TRANSFERRED = ("sharpt", "no_latent")
+
+
+def needs_source(config: ml_collections.ConfigDict) -> bool:
+    return config.method in TRANSFERRED and config.stage == "target"
+
+
+def check_same_models(saved: dict, current: dict, where: str) -> None:
+    """ConfigError unless the frozen T5 and encoder recorded by the run in `where` are the ones built now."""
+    for part in ("t5", "encoder"):
+        theirs, ours = saved[part], current[part]
+        if theirs["checksum"] != ours["checksum"]:
+            raise ConfigError(
+                f"{where} was trained with {part} {theirs['path']} (sha256 {theirs['checksum'][:12]}), this run "
+                f"uses {ours['path']} (sha256 {ours['checksum'][:12]}); set --config.{part} to that run's"
+            )
+
+
+def restore_source(model, config: ml_collections.ConfigDict, identity: dict) -> dict:
+    """Loads what the source stage of `config.method` trained (SharPT: codebook and generator) from
+    `config.source_checkpoint` into `model`, after checking that the source run used the same frozen T5 and
+    instance encoder and the same shapes. Returns {"workdir", "step"} for the records."""
+    src = Path(config.source_checkpoint)
+    steps = checkpoints.Checkpoints(src).all_steps() if (src / "checkpoints").is_dir() else []
+    if not steps:
+        raise ConfigError(f"config.source_checkpoint={src}: no checkpoints under {src / 'checkpoints'}")
+    step = steps[-1] if config.source_step < 0 else config.source_step
+    if step not in steps:
+        raise ConfigError(f"config.source_step={step}: {src} has checkpoints of steps {steps}")
+    ckpts = checkpoints.Checkpoints(src)
+    meta = ckpts.metadata(step)
+    if (meta["method"], meta["stage"]) != (config.method, "source"):
+        raise ConfigError(
+            f"{src} is a {meta['method']} {meta['stage']}-stage run, not a {config.method} source-stage run"
+        )
+    check_same_models(meta["identity"], identity, str(src))
+    for field in ("num_skills", "prompt_length"):
+        if meta["config"][field] != config[field]:
+            raise ConfigError(
+                f"{src} was trained with {field}={meta['config'][field]}, this run has {config[field]}; "
+                f"set --config.{field}={meta['config'][field]}"
+            )
+    source_params = nnx.state(model, optim.trainable_filter(config.method, "source"))
+    nnx.update(model, ckpts.restore_params(step, source_params))
+    ckpts.close()
+    return {"workdir": str(src.absolute()), "step": step}

@@ -1,0 +1,199 @@
+"""The train loop: files a run writes, exact resume after SIGKILL, meshes, the target stage's source checks."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from tiny_run import cli_overrides, make_assets, tiny_config
+
+from sharpt_jax import build, checkpoints, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return make_assets(tmp_path_factory.mktemp("assets"))
+
+
+@pytest.fixture(scope="module")
+def source_run(assets, tmp_path_factory):
+    """(config, workdir) of one finished source run on 8 devices (mesh 8x1) that several tests read."""
+    config = tiny_config(assets, num_train_steps=10, save_every=4, log_every=2)
+    workdir = tmp_path_factory.mktemp("source")
+    train.train(config, workdir)
+    return config, workdir
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_cli(config, workdir: Path, devices: int = 8, wait: bool = True):
+    """run.py with configs/demo.py and the flags that make it `config`, as a user would start it."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    cmd = [sys.executable, "run.py", "--config=configs/demo.py", f"--workdir={workdir}", *cli_overrides(config)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not wait:
+        return proc
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, out, err
+
+
+def saved_state(workdir: Path, step: int) -> dict:
+    """The checkpoint's arrays as a flat {path: numpy array} (restored without a target structure)."""
+    import orbax.checkpoint as ocp
+
+    restored = ocp.PyTreeCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(restored)}
+
+
+def test_run_writes_metrics_checkpoints_and_tensorboard(assets, source_run):
+    config, workdir = source_run
+    records = read_metrics(workdir)
+    # Logged every 2 steps; saved every 4 steps and at the last step.
+    assert [r["step"] for r in records] == [2, 4, 6, 8, 10]
+    for r in records:
+        assert {"step", "loss", "learning_rate", "examples_per_sec", "skill_perplexity", "dead_skills"} <= set(r)
+        assert np.isfinite(r["loss"]) and r["examples_per_sec"] > 0
+        assert 1.0 <= r["skill_perplexity"] <= config.num_skills
+        assert 0 <= r["dead_skills"] < config.num_skills
+    # Linear warm-up from 0 over 2 steps, then constant: the rate of the window's last step (0-based 1, 3, ...).
+    lr = config.learning_rate
+    assert [r["learning_rate"] for r in records] == pytest.approx([lr / 2, lr, lr, lr, lr])
+    assert checkpoints.Checkpoints(workdir).all_steps() == [4, 8, 10]
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((workdir / "config.json").read_text())["task"] == "sst2,rte"
+    meta = checkpoints.Checkpoints(workdir).metadata(10)
+    assert meta["step"] == 10 and meta["identity"]["t5"]["path"] == "random"
+    assert meta["identity"]["encoder"]["checksum"] == checkpoints.folder_checksum(assets["encoder"])
+    # Only the trainable part is saved: codebook and generator, never T5 or the encoder.
+    paths = saved_state(workdir, 10)
+    assert any("codebook" in p for p in paths) and any("generator" in p for p in paths)
+    assert not any("t5" in p or "instance_encoder" in p for p in paths)
+
+
+def test_sigkill_and_restart_end_bit_identical(source_run, tmp_path):
+    config, straight = source_run  # The reference: the same run, never stopped.
+    # The same command, killed with SIGKILL once its first checkpoint is on disk, then started again.
+    proc = run_cli(config, tmp_path, wait=False)
+    deadline = time.time() + 300
+    while not (tmp_path / "checkpoints" / "4").exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoints.Checkpoints(tmp_path).latest_step() < 10
+    code, _, err = run_cli(config, tmp_path)
+    assert code == 0, err[-2000:]
+
+    expected, resumed = saved_state(straight, 10), saved_state(tmp_path, 10)
+    assert expected.keys() == resumed.keys()
+    for path in expected:
+        np.testing.assert_array_equal(resumed[path], expected[path], err_msg=path)
+    timing = ("examples_per_sec", "steps_per_sec")
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
+    assert strip(read_metrics(tmp_path)) == strip(read_metrics(straight))
+
+
+@pytest.mark.parametrize("devices, mesh_shape", [(1, "1,1"), (8, "4,2")])
+def test_meshes_match(source_run, tmp_path, devices, mesh_shape):
+    """One device and mesh 4x2 against the 8x1 source run: same losses within 1e-3."""
+    config, reference = source_run
+    config = config.copy_and_resolve_references()
+    config.mesh_shape = mesh_shape
+    if devices == 8:
+        train.train(config, tmp_path)
+    else:
+        code, _, err = run_cli(config, tmp_path, devices=devices)
+        assert code == 0, err[-2000:]
+    ours, ref = read_metrics(tmp_path), read_metrics(reference)
+    assert [r["step"] for r in ours] == [r["step"] for r in ref]
+    np.testing.assert_allclose([r["loss"] for r in ours], [r["loss"] for r in ref], rtol=1e-3)
+
+
+def test_target_starts_from_the_source_codebook_and_generator(assets, source_run, tmp_path):
+    _, source = source_run
+    target = tiny_config(assets, stage="target", task="rte", num_train_steps=4, source_checkpoint=str(source))
+    files = build.resolve_files(target)
+    build.configure_tasks(target, files)
+    model, identity = build.build_model(target, files)
+    record = build.restore_source(model, target, identity)
+    assert record == {"workdir": str(source.absolute()), "step": 10}
+    saved = saved_state(source, 10)
+    restored = {"codebook": model.codebook, "generator": model.generator}
+    for path, value in nnx.to_flat_state(nnx.state(restored)):
+        key = "['trainable']" + "".join(f"['{p}']" for p in path) + "['value']"
+        np.testing.assert_array_equal(np.asarray(value[...]), saved[key], err_msg=key)
+    # The target run saves only the generator (the codebook is frozen) and records its source.
+    train.train(target, tmp_path)
+    assert checkpoints.Checkpoints(tmp_path).metadata(4)["source"] == record
+    trained = [p for p in saved_state(tmp_path, 4) if p.startswith("['trainable']")]
+    assert trained and all(p.startswith("['trainable']['generator']") for p in trained)
+
+
+def test_nan_stops_with_the_last_good_checkpoint_kept(assets, source_run, tmp_path):
+    shutil.copytree(source_run[1], tmp_path, dirs_exist_ok=True)
+    # The source run continued with a learning rate that overflows the generator: stopped at the next log.
+    diverging = tiny_config(assets, num_train_steps=14, learning_rate=1e30, warmup_steps=0)
+    with pytest.raises(train.TrainingDiverged, match="between steps 10 and 12; the last good checkpoint is step 10"):
+        train.train(diverging, tmp_path)
+    assert checkpoints.Checkpoints(tmp_path).all_steps() == [4, 8, 10]
+    assert [r["step"] for r in read_metrics(tmp_path)] == [2, 4, 6, 8, 10]  # Nothing non-finite was logged.
+
+
+def test_mismatched_source_and_foreign_workdir_are_refused(assets, source_run, tmp_path):
+    _, source = source_run
+    # A target on another backbone (a different random T5 shape) than the source used.
+    other = tiny_config(assets, stage="target", task="rte", source_checkpoint=str(source))
+    other.t5_random.d_ff = 48
+    assert "was trained with t5 random" in error_of(other, tmp_path / "t")
+    wrong_k = tiny_config(assets, stage="target", task="rte", num_skills=5, source_checkpoint=str(source))
+    assert "num_skills=4" in error_of(wrong_k, tmp_path / "k")
+    # Resuming a workdir with another task would silently mix two runs; the workdir is left as it was.
+    before = (source / "config.json").read_text()
+    assert "holds checkpoints of another run" in error_of(tiny_config(assets, task="sst2"), source)
+    assert (source / "config.json").read_text() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Clear errors.
+# ---------------------------------------------------------------------------------------------
+
+
+def error_of(config, workdir) -> str:
+    with pytest.raises(build.ConfigError) as info:
+        train.train(config, workdir)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_clear_errors(assets, tmp_path):
+    assert "unknown task nope" in error_of(tiny_config(assets, task="nope"), tmp_path / "a")
+    assert "config.method='ours'" in error_of(tiny_config(assets, method="ours"), tmp_path / "b")
+    assert "needs 9 devices but 8" in error_of(tiny_config(assets, mesh_shape="3,3"), tmp_path / "c")
+    assert "does not divide" in error_of(tiny_config(assets, mesh_shape="8,1", batch_size=4), tmp_path / "d")
+    target = dict(stage="target", task="rte")
+    assert "set --config.source_checkpoint" in error_of(tiny_config(assets, **target), tmp_path / "e")
+    missing = tiny_config(assets, **target, source_checkpoint=str(tmp_path / "none"))
+    assert "no checkpoints under" in error_of(missing, tmp_path / "f")
+    offline = tiny_config(assets, t5="google/t5-base-lm-adapt")
+    assert "huggingface-cli download google/t5-base-lm-adapt" in error_of(offline, tmp_path / "g")
+
+
+def test_run_py_prints_one_line_errors(assets, tmp_path):
+    code, _, err = run_cli(tiny_config(assets, task="nope"), tmp_path, devices=1)
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("error: config.task='nope': unknown task nope")
+    assert "Traceback" not in err
