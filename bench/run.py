@@ -2,11 +2,14 @@
 
     python bench/run.py --quick --json /tmp/bench.json     # small T5 shape, < 3 minutes on 2 CPU cores
     python bench/run.py --dtype bfloat16                    # T5-base shape + BERT-base encoder (accelerators)
+    python bench/run.py --no-scaling --steps 2              # T5-base shape on a CPU: the methods and PEFT only
 
 Everything runs in one process on one shape, batch and set of lengths, with random weights. Our steps are the
 project's real `optim.make_train_step`, jitted with `donate_argnums=(0,)`; PEFT's is PromptTuningConfig on a
-PyTorch `T5ForConditionalGeneration` of the same shape with the same Adam and learning rate. Step times are
-medians of several steps after compilation; tokens/s counts input plus target tokens (B * (T + S)).
+PyTorch `T5ForConditionalGeneration` of the same shape with the same Adam and learning rate. The four methods
+and PEFT are compiled first and then timed in turn, one step each, `--steps` times (the median reported), so
+that load changes on a shared machine fall on all of them alike; each point of the scaling sweeps is the median
+of `--steps` steps. tokens/s counts input plus target tokens (B * (T + S)).
 Model FLOPs are counted analytically (`bench/flops.py`, cross-checked against the dot_generals JAX traced);
 MFU divides them by the measured throughput of one large jitted matmul in the same dtype. Markdown tables go
 to stdout, the scaling plot to `--out` (default bench/out), all numbers to `--json`.
@@ -19,6 +22,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,8 +33,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from bench import flops, shapes  # noqa: E402
-from sharpt_jax import optim  # noqa: E402
-from sharpt_jax.decoding import greedy_decode  # noqa: E402
+from sharpt_jax import evaluate, optim  # noqa: E402
 
 LEARNING_RATE = 0.3
 METHODS = [("sharpt", "source"), ("sharpt", "target"), ("prompt_tuning", "target"), ("model_tuning", "target")]
@@ -45,13 +48,13 @@ class Settings:
     base: shapes.Point
     axes: dict  # Point field -> values swept (with the base point's other fields).
     curves: dict  # Point field -> the (method, stage) pairs swept along it.
-    steps: int  # Timed steps per measurement, after one compiling call and one warm-up step.
+    steps: int  # Timed steps per measurement, after a warm-up step.
     matmul_size: int
     dtype: jnp.dtype
     eval_methods: tuple[str, ...]
 
 
-def settings(quick: bool, dtype: str) -> Settings:
+def settings(quick: bool, dtype: str, steps: int | None = None, scaling: bool = True) -> Settings:
     size = "quick" if quick else "base"
     base = shapes.Point(
         "sharpt",
@@ -63,7 +66,9 @@ def settings(quick: bool, dtype: str) -> Settings:
         num_skills=100,
         instance_len=64,
     )
-    if quick:
+    if not scaling:
+        axes = {}
+    elif quick:
         axes = {"num_skills": [100, 10000], "prompt_len": [16, 64], "batch": [4, 8], "input_len": [64, 128]}
     else:
         axes = {
@@ -81,7 +86,7 @@ def settings(quick: bool, dtype: str) -> Settings:
         base,
         axes,
         curves,
-        steps=3 if quick else 10,
+        steps=steps or (6 if quick else 20),
         matmul_size=1024 if quick else 8192,
         dtype=jnp.dtype(dtype),
         eval_methods=("sharpt",) if quick else ("sharpt", "prompt_tuning"),
@@ -136,8 +141,9 @@ def matmul_peak(n: int, dtype: jnp.dtype, steps: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def measure_train(s: Settings, point: shapes.Point, peak: float) -> dict:
-    """Compiles and times `optim.make_train_step` for `point`; also its FLOPs and compiled memory."""
+def prepare_train(s: Settings, point: shapes.Point) -> tuple[Callable[[], None], dict]:
+    """Compiles `optim.make_train_step` for `point`; returns a function running one step (blocking) and the
+    step's compile time, FLOPs and compiled memory."""
     model = shapes.build(s.t5, s.encoder, point, s.dtype)
     graphdef, trainable, frozen = optim.split_model(model, point.method, point.stage)
     optimizer = optim.make_optimizer("adam", LEARNING_RATE, warmup_steps=0)
@@ -150,26 +156,13 @@ def measure_train(s: Settings, point: shapes.Point, peak: float) -> dict:
     traced = jax.jit(step_fn, donate_argnums=(0,)).trace(state, frozen, batch, key)
     compiled = traced.lower().compile()
     compile_s = time.perf_counter() - start
-    traced_flops = flops.jaxpr_matmul_flops(traced.jaxpr)
     memory = compiled.memory_analysis()
-
-    def run():
-        nonlocal state
-        state, metrics = compiled(state, frozen, batch, key)
-        jax.block_until_ready((state, metrics))
-
-    run()  # warm-up
-    step_s = median_seconds(run, s.steps)
     model_flops = flops.train_step_flops(s.t5, s.encoder, point)
-    return {
-        "step_s": step_s,
+    info = {
         "compile_s": compile_s,
-        "examples_per_s": point.batch / step_s,
-        "tokens_per_s": point.batch * (point.input_len + point.target_len) / step_s,
         "model_flops": model_flops["total"],
         "forward_flops": model_flops["forward"],
-        "traced_matmul_flops": traced_flops,
-        "mfu": model_flops["total"] / step_s / peak,
+        "traced_matmul_flops": flops.jaxpr_matmul_flops(traced.jaxpr),
         "trainable_params": optim.count_params(trainable),
         "trainable_bytes": flops.tree_bytes(trainable),
         "frozen_bytes": flops.tree_bytes(frozen),
@@ -180,14 +173,46 @@ def measure_train(s: Settings, point: shapes.Point, peak: float) -> dict:
         "alias_bytes": memory.alias_size_in_bytes,
     }
 
+    def run():
+        nonlocal state
+        state, metrics = compiled(state, frozen, batch, key)
+        jax.block_until_ready((state, metrics))
+
+    run()  # warm-up
+    return run, info
+
+
+def with_timing(info: dict, point: shapes.Point, step_s: float, peak: float) -> dict:
+    """`info` plus the step time and what follows from it: examples/s, tokens/s and MFU."""
+    return {
+        **info,
+        "step_s": step_s,
+        "examples_per_s": point.batch / step_s,
+        "tokens_per_s": point.batch * (point.input_len + point.target_len) / step_s,
+        "mfu": info["model_flops"] / step_s / peak,
+    }
+
+
+def interleaved_seconds(runs: dict[str, Callable[[], None]], steps: int) -> dict[str, float]:
+    """Median step time of every run over `steps` steps taken in turn (A, B, C, A, B, C, ...), so that a change
+    of load on a shared machine during the measurement falls on all of them alike."""
+    times = {name: [] for name in runs}
+    for _ in range(steps):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
 
 # ---------------------------------------------------------------------------------------------
 # The same PromptTuning step in PyTorch with Hugging Face PEFT.
 # ---------------------------------------------------------------------------------------------
 
 
-def measure_peft(s: Settings, point: shapes.Point) -> dict:
-    """PEFT PromptTuning on a randomly initialised HF T5 of the same shape: Adam, same lr, batch, lengths."""
+def prepare_peft(s: Settings, point: shapes.Point) -> tuple[Callable[[], None], dict]:
+    """PEFT PromptTuning on a randomly initialised HF T5 of the same shape: Adam, same lr, batch, lengths.
+    Returns a function running one step and the trainable-parameter count."""
     import peft
     import torch
     import transformers
@@ -227,15 +252,8 @@ def measure_peft(s: Settings, point: shapes.Point) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     run()  # warm-up
-    step_s = median_seconds(run, s.steps)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {
-        "step_s": step_s,
-        "examples_per_s": point.batch / step_s,
-        "tokens_per_s": point.batch * (point.input_len + point.target_len) / step_s,
-        "trainable_params": trainable,
-        "torch_threads": torch.get_num_threads(),
-    }
+    return run, {"trainable_params": trainable, "torch_threads": torch.get_num_threads()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,49 +261,23 @@ def measure_peft(s: Settings, point: shapes.Point) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def _prompted_encode(model, batch):
-    prompt, _ = model.prompts(batch)
-    prompt = None if prompt is None else prompt.astype(model.t5.dtype)
-    return model.t5.encode(batch["encoder_input_tokens"], batch["encoder_input_mask"], prompt)
-
-
 def measure_eval(s: Settings, point: shapes.Point, num_labels: int = 4, label_len: int = 4) -> dict:
-    """Examples/s of greedy decoding (KV cache, `point.target_len` steps, no early stop on random weights)
-    and of rank classification (encode once, one teacher-forced decoder pass over all `num_labels` labels)."""
+    """Examples/s of the evaluator's jitted functions (`sharpt_jax.evaluate`): greedy decoding with the KV cache
+    (`point.target_len` steps, no early stop on random weights) and rank classification (encode once, one
+    teacher-forced decoder pass over all `num_labels` labels)."""
     model = shapes.build(s.t5, s.encoder, point, s.dtype)
     graphdef, state = nnx.split(model)
     batch = jax.tree_util.tree_map(jnp.asarray, make_batch(point, s.t5.vocab_size, s.encoder.vocab_size))
     labels = jnp.asarray(np.random.default_rng(1).integers(2, s.t5.vocab_size, (num_labels, label_len)), jnp.int32)
-
-    @jax.jit
-    def greedy(state, batch):
-        model = nnx.merge(graphdef, state)
-        prompt, _ = model.prompts(batch)
-        prompt = None if prompt is None else prompt.astype(model.t5.dtype)
-        return greedy_decode(
-            model.t5,
-            batch["encoder_input_tokens"],
-            batch["encoder_input_mask"],
-            prompt,
-            max_decode_len=point.target_len,
-        )
-
-    @jax.jit
-    def rank(state, batch):
-        model = nnx.merge(graphdef, state)
-        encoded, mask = _prompted_encode(model, batch)
-        # Every example against every label: [B * C] decoder rows sharing the B encoder outputs.
-        encoded, mask = jnp.repeat(encoded, num_labels, axis=0), jnp.repeat(mask, num_labels, axis=0)
-        targets = jnp.tile(labels, (point.batch, 1))  # [B * C, label_len]
-        inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
-        log_probs = jax.nn.log_softmax(model.t5.decode(inputs, encoded, mask), axis=-1)
-        scores = jnp.take_along_axis(log_probs, targets[..., None], axis=-1).sum(axis=(1, 2))
-        return jnp.argmax(scores.reshape(point.batch, num_labels), axis=-1)
-
+    weights = jnp.ones_like(labels)
+    runs = {
+        "greedy": lambda: evaluate.greedy_tokens(graphdef, state, batch, max_decode_len=point.target_len),
+        "rank_classification": lambda: evaluate.label_log_likelihoods(graphdef, state, batch, labels, weights),
+    }
     results = {}
-    for name, fn in (("greedy", greedy), ("rank_classification", rank)):
-        fn(state, batch).block_until_ready()
-        seconds = median_seconds(lambda fn=fn: fn(state, batch).block_until_ready(), s.steps)
+    for name, fn in runs.items():
+        jax.block_until_ready(fn())
+        seconds = median_seconds(lambda fn=fn: jax.block_until_ready(fn()), s.steps)
         results[name] = {"batch_s": seconds, "examples_per_s": point.batch / seconds}
     return results
 
@@ -338,8 +330,12 @@ def main():
         choices=["float32", "bfloat16"],
         help="backbone compute dtype (trainable params and optimizer state stay float32)",
     )
+    parser.add_argument("--steps", type=int, help="timed steps per measurement (default 6 with --quick, else 20)")
+    parser.add_argument(
+        "--no-scaling", action="store_true", help="skip the K, L, batch and length sweeps (hours at T5-base on a CPU)"
+    )
     args = parser.parse_args()
-    s = settings(args.quick, args.dtype)
+    s = settings(args.quick, args.dtype, args.steps, scaling=not args.no_scaling)
     print(f"# devices: {jax.devices()}  T5 {s.t5}\n# encoder {s.encoder}\n# base point {s.base}", flush=True)
 
     # --- Peak matmul throughput ---------------------------------------------------------------
@@ -347,20 +343,35 @@ def main():
     peak = peaks[s.dtype.name]
 
     # --- Methods on the base point ------------------------------------------------------------
-    cache = {}
+    # Compiled first, then timed in turn: the ratios are the figures that matter.
+    points = {f"{m}/{st}": dataclasses.replace(s.base, method=m, stage=st) for m, st in METHODS}
+    prepared = {name: prepare_train(s, point) for name, point in points.items()}
+    peft_run, peft_info = prepare_peft(s, points["prompt_tuning/target"])
+    runs = {name: run for name, (run, _) in prepared.items()}
+    seconds = interleaved_seconds({**runs, "peft": peft_run}, s.steps)
+    methods = {name: with_timing(info, points[name], seconds[name], peak) for name, (_, info) in prepared.items()}
+    peft_result = {
+        **peft_info,
+        "step_s": seconds["peft"],
+        "examples_per_s": s.base.batch / seconds["peft"],
+        "tokens_per_s": s.base.batch * (s.base.input_len + s.base.target_len) / seconds["peft"],
+    }
+    del prepared, runs
+    for name, r in methods.items():
+        print(f"  {name}: {r['step_s'] * 1e3:.1f} ms (compiled in {r['compile_s']:.0f} s)", flush=True)
+    print(f"  PEFT prompt_tuning: {peft_result['step_s'] * 1e3:.1f} ms", flush=True)
+
+    cache = {points[name]: result for name, result in methods.items()}
 
     def train(point):
         if point not in cache:
-            cache[point] = measure_train(s, point, peak)
+            run, info = prepare_train(s, point)
+            cache[point] = with_timing(info, point, median_seconds(run, s.steps), peak)
             print(
                 f"  {point.method}/{point.stage} {dataclasses.asdict(point)}: {cache[point]['step_s'] * 1e3:.1f} ms",
                 flush=True,
             )
         return cache[point]
-
-    methods = {f"{m}/{st}": train(dataclasses.replace(s.base, method=m, stage=st)) for m, st in METHODS}
-    prompt_point = dataclasses.replace(s.base, method="prompt_tuning")
-    peft_result = measure_peft(s, prompt_point)
 
     # --- Scaling ------------------------------------------------------------------------------
     scaling = {}
@@ -459,7 +470,7 @@ def main():
             ],
         )
     )
-    print("\n## Scaling (train step ms)\n")
+    print("\n## Scaling (train step ms)\n" if scaling else "")
     for axis, curves in scaling.items():
         print(
             table(
@@ -480,7 +491,8 @@ def main():
     )
     print("\n## Summary\n")
     print(table(list(summary), [list(summary.values())]))
-    print(f"\nscaling plot: {plot_scaling(scaling, args.out)}")
+    if scaling:
+        print(f"\nscaling plot: {plot_scaling(scaling, args.out)}")
     if args.json:
         record = {
             **summary,
