@@ -340,7 +340,10 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, value) -> None:
-    """Writes through a temporary file and a rename, so readers never see half a file."""
+    """Writes through a temporary file and a rename, so readers never see half a file (the first host only:
+    every host computes the same results)."""
+    if jax.process_index() != 0:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(value, indent=2) + "\n")
