@@ -2,7 +2,6 @@
 
     python bench/run.py --quick --json /tmp/bench.json     # small T5 shape, < 3 minutes on 2 CPU cores
     python bench/run.py --dtype bfloat16                    # T5-base shape + BERT-base encoder (accelerators)
-    python bench/run.py --no-scaling --steps 2              # T5-base shape on a CPU: the methods and PEFT only
 
 Everything runs in one process on one shape, batch and set of lengths, with random weights. Our steps are the
 project's real `optim.make_train_step`, jitted with `donate_argnums=(0,)`; PEFT's is PromptTuningConfig on a

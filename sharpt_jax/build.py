@@ -239,26 +239,31 @@ def restore_source(model, config: ml_collections.ConfigDict, identity: dict) -> 
     `config.source_checkpoint` into `model`, after checking that the source run used the same frozen T5 and
     instance encoder and the same shapes. Returns {"workdir", "step"} for the records."""
     src = Path(config.source_checkpoint)
-    steps = checkpoints.Checkpoints(src).all_steps() if (src / "checkpoints").is_dir() else []
-    if not steps:
-        raise ConfigError(f"config.source_checkpoint={src}: no checkpoints under {src / 'checkpoints'}")
-    step = steps[-1] if config.source_step < 0 else config.source_step
-    if step not in steps:
-        raise ConfigError(f"config.source_step={step}: {src} has checkpoints of steps {steps}")
+    missing = ConfigError(f"config.source_checkpoint={src}: no checkpoints under {src / 'checkpoints'}")
+    if not (src / "checkpoints").is_dir():  # Checked before opening it: opening would create the folder.
+        raise missing
     ckpts = checkpoints.Checkpoints(src)
-    meta = ckpts.metadata(step)
-    if (meta["method"], meta["stage"]) != (config.method, "source"):
-        raise ConfigError(
-            f"{src} is a {meta['method']} {meta['stage']}-stage run, not a {config.method} source-stage run"
-        )
-    check_same_models(meta["identity"], identity, str(src))
-    for field in ("num_skills", "prompt_length"):
-        if meta["config"][field] != config[field]:
+    try:
+        steps = ckpts.all_steps()
+        if not steps:
+            raise missing
+        step = steps[-1] if config.source_step < 0 else config.source_step
+        if step not in steps:
+            raise ConfigError(f"config.source_step={step}: {src} has checkpoints of steps {steps}")
+        meta = ckpts.metadata(step)
+        if (meta["method"], meta["stage"]) != (config.method, "source"):
             raise ConfigError(
-                f"{src} was trained with {field}={meta['config'][field]}, this run has {config[field]}; "
-                f"set --config.{field}={meta['config'][field]}"
+                f"{src} is a {meta['method']} {meta['stage']}-stage run, not a {config.method} source-stage run"
             )
-    source_params = nnx.state(model, optim.trainable_filter(config.method, "source"))
-    nnx.update(model, ckpts.restore_params(step, source_params))
-    ckpts.close()
+        check_same_models(meta["identity"], identity, str(src))
+        for field in ("num_skills", "prompt_length"):
+            if meta["config"][field] != config[field]:
+                raise ConfigError(
+                    f"{src} was trained with {field}={meta['config'][field]}, this run has {config[field]}; "
+                    f"set --config.{field}={meta['config'][field]}"
+                )
+        source_params = nnx.state(model, optim.trainable_filter(config.method, "source"))
+        nnx.update(model, ckpts.restore_params(step, source_params))
+    finally:
+        ckpts.close()
     return {"workdir": str(src.absolute()), "step": step}

@@ -43,10 +43,10 @@ def tiny_config(assets: dict, **overrides):
 
 def cli_overrides(config) -> list[str]:
     """The `--config.x=y` flags that turn configs/demo.py into `config` on run.py's command line."""
-    base = demo_config.get_config()
+    base = _flat(demo_config.get_config().to_dict())
     flags = []
     for key, value in _flat(config.to_dict()).items():
-        if _flat(base.to_dict()).get(key) != value:
+        if base.get(key) != value:
             text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
             flags.append(f"--config.{key}={text}")
     return flags

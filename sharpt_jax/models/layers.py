@@ -157,10 +157,10 @@ def dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
     if rngs is None or rate == 0.0:
         return x
     # 16 random bits per element, two from every 32-bit word: half the random numbers of
-    # `jax.random.bernoulli` (32 bits and a float conversion per element), whose generation was a third of a
-    # T5-small prompt-tuning step on CPU. An element is dropped when its bits are below round(rate * 2**16), so
-    # the drop probability is `rate` to within 2**-17. The words keep x's leading axes, so their generation is
-    # split over the mesh like x.
+    # `jax.random.bernoulli` (32 bits and a float conversion per element), whose generation was a third of the
+    # quick benchmark's prompt-tuning step on CPU (bench/run.py --quick). An element is dropped when its bits
+    # are below round(rate * 2**16), so the drop probability is `rate` to within 2**-17. The words keep x's
+    # leading axes, so their generation is split over the mesh like x.
     *lead, last = x.shape
     words = jax.random.bits(rngs.dropout(), (*lead, (last + 1) // 2), jnp.uint32)
     halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(*lead, -1)[..., :last]
