@@ -2,13 +2,15 @@
 
     python bench/run.py --quick --json /tmp/bench.json     # small T5 shape, < 3 minutes on 2 CPU cores
     python bench/run.py --dtype bfloat16                    # T5-base shape + BERT-base encoder (accelerators)
+    python bench/run.py --batch 8 --input-len 128 --steps 5 # the same shapes, sized for a CPU (about 30 min)
 
 Everything runs in one process on one shape, batch and set of lengths, with random weights. Our steps are the
 project's real `optim.make_train_step`, jitted with `donate_argnums=(0,)`; PEFT's is PromptTuningConfig on a
-PyTorch `T5ForConditionalGeneration` of the same shape with the same Adam and learning rate. The four methods
-and PEFT are compiled first and then timed in turn, one step each, `--steps` times (the median reported), so
-that load changes on a shared machine fall on all of them alike; each point of the scaling sweeps is the median
-of `--steps` steps. tokens/s counts input plus target tokens (B * (T + S)).
+PyTorch `T5ForConditionalGeneration` of the same shape with the same prompt (encoder input only), Adam and
+learning rate. The four methods and PEFT are compiled first and then timed in turn, one step each, `--steps`
+times (the median reported), so that load changes on a shared machine fall on all of them alike; each point of
+the scaling sweeps, the base point included, is the median of `--steps` consecutive steps of its program alone.
+tokens/s counts input plus target tokens (B * (T + S)).
 Model FLOPs are counted analytically (`bench/flops.py`, cross-checked against the dot_generals JAX traced);
 MFU divides them by the measured throughput of one large jitted matmul in the same dtype. Markdown tables go
 to stdout, the scaling plot to `--out` (default bench/out), all numbers to `--json`.
@@ -53,13 +55,23 @@ class Settings:
     eval_methods: tuple[str, ...]
 
 
-def settings(quick: bool, dtype: str, steps: int | None = None, scaling: bool = True) -> Settings:
+def settings(
+    quick: bool,
+    dtype: str,
+    steps: int | None = None,
+    scaling: bool = True,
+    batch: int | None = None,
+    input_len: int | None = None,
+) -> Settings:
+    """The run's shapes and points. The batch and input-length sweeps span a quarter to twice the base point, so
+    that `--batch` / `--input-len` size the whole run to the machine (a T5-base step at B = 32, T = 256 takes
+    about 100 s on a 2-core CPU and well under a second on one accelerator)."""
     size = "quick" if quick else "base"
     base = shapes.Point(
         "sharpt",
         "target",
-        batch=8 if quick else 32,
-        input_len=128 if quick else 256,
+        batch=batch or (8 if quick else 32),
+        input_len=input_len or (128 if quick else 256),
         target_len=16 if quick else 32,
         prompt_len=64,
         num_skills=100,
@@ -68,17 +80,25 @@ def settings(quick: bool, dtype: str, steps: int | None = None, scaling: bool = 
     if not scaling:
         axes = {}
     elif quick:
-        axes = {"num_skills": [100, 10000], "prompt_len": [16, 64], "batch": [4, 8], "input_len": [64, 128]}
+        axes = {
+            "num_skills": [100, 10000],
+            "prompt_len": [16, 64],
+            "batch": [base.batch // 2, base.batch],
+            "input_len": [base.input_len // 2, base.input_len],
+        }
     else:
         axes = {
             "num_skills": [10, 100, 1000, 10000],
             "prompt_len": [16, 32, 64, 128],
-            "batch": [8, 16, 32, 64],
-            "input_len": [64, 128, 256, 512],
+            "batch": [max(1, base.batch * f // 4) for f in (1, 2, 4, 8)],
+            "input_len": [max(1, base.input_len * f // 4) for f in (1, 2, 4, 8)],
         }
     # Compilation dominates a quick run on CPU, so it compares against PromptTuning on the base point only.
     compared = [("sharpt", "target")] + ([] if quick else [("prompt_tuning", "target")])
     curves = {axis: [("sharpt", "source")] if axis == "num_skills" else compared for axis in axes}
+    # The peak needs a matmul big enough to fill the machine: 8192^3 for an accelerator; a CPU reaches its peak
+    # well below that, where 8192^3 would take seconds per call.
+    on_cpu = jax.default_backend() == "cpu"
     return Settings(
         shapes.T5_SHAPES[size],
         shapes.BERT_SHAPES[size],
@@ -86,7 +106,7 @@ def settings(quick: bool, dtype: str, steps: int | None = None, scaling: bool = 
         axes,
         curves,
         steps=steps or (6 if quick else 20),
-        matmul_size=1024 if quick else 8192,
+        matmul_size=1024 if quick else (2048 if on_cpu else 8192),
         dtype=jnp.dtype(dtype),
         eval_methods=("sharpt",) if quick else ("sharpt", "prompt_tuning"),
     )
@@ -210,7 +230,7 @@ def interleaved_seconds(runs: dict[str, Callable[[], None]], steps: int) -> dict
 
 
 def prepare_peft(s: Settings, point: shapes.Point) -> tuple[Callable[[], None], dict]:
-    """PEFT PromptTuning on a randomly initialised HF T5 of the same shape: Adam, same lr, batch, lengths.
+    """PEFT PromptTuning on a randomly initialised HF T5 of the same shape: same prompt, Adam, lr, batch, lengths.
     Returns a function running one step and the trainable-parameter count."""
     import peft
     import torch
@@ -232,9 +252,12 @@ def prepare_peft(s: Settings, point: shapes.Point) -> tuple[Callable[[], None], 
         decoder_start_token_id=0,
     )
     model = transformers.T5ForConditionalGeneration(hf_config)
-    model = peft.get_peft_model(
-        model, peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=point.prompt_len)
+    # One transformer submodule: the prompt goes in front of the encoder input only, as in ours (Lester et al.).
+    # PEFT's seq2seq default (2) also prepends L tokens to the decoder input, which is more work per step.
+    config = peft.PromptTuningConfig(
+        task_type=peft.TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=point.prompt_len, num_transformer_submodules=1
     )
+    model = peft.get_peft_model(model, config)
     model.train()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
     batch = make_batch(point, c.vocab_size, s.encoder.vocab_size)
@@ -333,8 +356,10 @@ def main():
     parser.add_argument(
         "--no-scaling", action="store_true", help="skip the K, L, batch and length sweeps (hours at T5-base on a CPU)"
     )
+    parser.add_argument("--batch", type=int, help="base point's batch size (default 8 with --quick, else 32)")
+    parser.add_argument("--input-len", type=int, help="base point's input length (default 128 with --quick, else 256)")
     args = parser.parse_args()
-    s = settings(args.quick, args.dtype, args.steps, scaling=not args.no_scaling)
+    s = settings(args.quick, args.dtype, args.steps, not args.no_scaling, args.batch, args.input_len)
     print(f"# devices: {jax.devices()}  T5 {s.t5}\n# encoder {s.encoder}\n# base point {s.base}", flush=True)
 
     # --- Peak matmul throughput ---------------------------------------------------------------
@@ -360,7 +385,10 @@ def main():
         print(f"  {name}: {r['step_s'] * 1e3:.1f} ms (compiled in {r['compile_s']:.0f} s)", flush=True)
     print(f"  PEFT prompt_tuning: {peft_result['step_s'] * 1e3:.1f} ms", flush=True)
 
-    cache = {points[name]: result for name, result in methods.items()}
+    # Each sweep point, the base point included, is timed alone (consecutive steps of one program): taking turns
+    # with four other programs and PyTorch makes every step slower on a CPU, so the base table's times would not
+    # line up with their neighbours on the curves.
+    cache = {}
 
     def train(point):
         if point not in cache:

@@ -156,13 +156,26 @@ def dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
     """
     if rngs is None or rate == 0.0:
         return x
-    # 16 random bits per element, two from every 32-bit word: half the random numbers of
-    # `jax.random.bernoulli` (32 bits and a float conversion per element), whose generation was a third of the
-    # quick benchmark's prompt-tuning step on CPU (bench/run.py --quick). An element is dropped when its bits
-    # are below round(rate * 2**16), so the drop probability is `rate` to within 2**-17. The words keep x's
-    # leading axes, so their generation is split over the mesh like x.
-    *lead, last = x.shape
-    words = jax.random.bits(rngs.dropout(), (*lead, (last + 1) // 2), jnp.uint32)
-    halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(*lead, -1)[..., :last]
-    keep = halves >= jnp.uint16(round(rate * 2**16))
+    if x.size >= 2**32:
+        raise ValueError(f"dropout counts elements in uint32; {x.shape} has {x.size} >= 2**32")
+    # jax.random draws only this call's two 32-bit keys; each element's bits are a keyed hash of its index.
+    # XLA's CPU random-bit generator (13 ns per 32-bit word) took 3.3 s of an 11.3 s T5-base prompt-tuning
+    # step on 2 cores (bench/run.py, B = 8, T = 128); the hash is a few integer ops that fuse into the `where`
+    # below, so a dropout costs one pass over x on every backend. The index is the element's position in the
+    # global array, so the masks do not depend on how x is sharded.
+    k0, k1 = jax.random.bits(rngs.dropout(), (2,), jnp.uint32)
+    index = jnp.zeros(x.shape, jnp.uint32)
+    for axis, size in enumerate(x.shape):
+        index = index * jnp.uint32(size) + jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis)
+    bits = _mix32(_mix32(index ^ k0) ^ k1)
+    keep = bits >= jnp.uint32(round(rate * 2**32))  # Drop probability `rate` to within 2**-33.
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def _mix32(h: jax.Array) -> jax.Array:
+    """C. Wellons' `lowbias32` integer hash: a bijection of uint32 whose every output bit depends on every input bit."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x7FEB352D)
+    h = h ^ (h >> 15)
+    h = h * jnp.uint32(0x846CA68B)
+    return h ^ (h >> 16)
