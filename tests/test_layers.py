@@ -42,3 +42,9 @@ def test_dropout_masks_of_different_keys_are_independent():
     a, b = (np.asarray(layers.dropout(x, 0.5, nnx.Rngs(dropout=jax.random.key(s, impl="rbg")))) == 0 for s in (3, 4))
     # n = 131,072 pairs: the correlation of independent masks has a standard deviation under 0.003.
     assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.015
+
+
+def test_dropout_refuses_arrays_too_large_for_its_uint32_index():
+    too_large = jax.ShapeDtypeStruct((2**16, 2**16), jnp.float32)  # 2**32 elements; never materialised.
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        jax.eval_shape(lambda x: layers.dropout(x, 0.1, nnx.Rngs(dropout=jax.random.key(0, impl="rbg"))), too_large)
