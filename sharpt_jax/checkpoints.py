@@ -12,6 +12,7 @@ next `Checkpoints` on the folder deletes the leftover temporary folder, at the l
 Every checkpoint is kept: evaluation scores each one. The save cadence is the caller's.
 """
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -125,14 +126,20 @@ def folder_checksum(folder: str | os.PathLike) -> str:
     """The sha256 over a Hugging Face model folder's config and weights files (`MODEL_FILES`), in name order.
 
     Each file contributes its name, size and bytes, so renaming or changing any of them changes the digest;
-    tokenizer files, READMEs and the like do not count.
+    tokenizer files, READMEs and the like do not count. The digest of an unchanged folder (same files, sizes and
+    modification times) is computed once per process: experiments build the same frozen models many times.
     """
     folder = Path(folder)
     files = sorted({p for pattern in MODEL_FILES for p in folder.glob(pattern) if p.is_file()})
     if not any(p.name != "config.json" for p in files):
         raise FileNotFoundError(f"{folder}: no weights files ({', '.join(MODEL_FILES[1:])})")
+    return _files_checksum(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+@functools.lru_cache(maxsize=16)
+def _files_checksum(files: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
-        _update(digest, path)
+    for path, size, _ in files:
+        digest.update(f"{Path(path).name}\0{size}\0".encode())
+        _update(digest, Path(path))
     return digest.hexdigest()

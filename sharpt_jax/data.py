@@ -15,6 +15,7 @@ encoder_input_tokens / encoder_input_mask [B, T], decoder_input_tokens / decoder
 decoder_loss_weights [B, S], instance_input_tokens / instance_input_mask [B, I].
 """
 
+import dataclasses
 import functools
 from collections.abc import Iterator, Mapping
 
@@ -24,6 +25,7 @@ import seqio
 import tensorflow as tf
 
 from sharpt_jax import sharding
+from tasks import registry
 from tasks.features import SharPTFeatureConverter
 
 Batch = dict[str, jax.Array]
@@ -136,8 +138,9 @@ def eval_batches(
     """The examples of one split in canonical order, as padded global batches.
 
     Every host reads the whole split (evaluation splits are small) and feeds its slice of rows of each global
-    batch, so all hosts agree on the order and on the examples of every batch. The task examples are held in
-    memory, tokenised once (the converter reads them back from an in-memory cache).
+    batch, so all hosts agree on the order and on the examples of every batch. The tokenised batches of the
+    last few (task, split, lengths, batch size, task settings) are kept in host memory, so scoring the next
+    checkpoint of a run (or the next run on the same split) does not rebuild the input pipeline.
 
     Args:
       task: a registered seqio task, e.g. "sharpt_rte".
@@ -151,14 +154,27 @@ def eval_batches(
       num_real_rows on are zero padding, and the num_real_rows task examples of its real rows (numpy values,
       strings as bytes).
     """
-    keep_tensorflow_off_accelerators()
     local = host_batch_size(batch_size, mesh)
     rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
-    ds = seqio.get_mixture_or_task(task).get_dataset(sequence_length, split=split, shuffle=False, num_epochs=1).cache()
+    settings = dataclasses.astuple(registry.SETTINGS)  # A new vocabulary or data folder means other batches.
+    for padded, num_real, examples in _padded_eval_batches(
+        task, split, tuple(sorted(sequence_length.items())), batch_size, settings
+    ):
+        yield to_global({k: v[rows] for k, v in padded.items()}, mesh), num_real, examples
+
+
+@functools.lru_cache(maxsize=8)
+def _padded_eval_batches(task: str, split: str, lengths: tuple, batch_size: int, settings: tuple) -> tuple:
+    """((global batch of numpy arrays, zero-padded to batch_size rows), num_real_rows, examples), ...)."""
+    del settings  # Part of the cache key only.
+    keep_tensorflow_off_accelerators()
+    lengths = dict(lengths)
+    ds = seqio.get_mixture_or_task(task).get_dataset(lengths, split=split, shuffle=False, num_epochs=1).cache()
     examples = list(ds.as_numpy_iterator())  # Fills the cache that the converter reads next.
-    converted = SharPTFeatureConverter()(ds, sequence_length).batch(batch_size)
+    converted = SharPTFeatureConverter()(ds, lengths).batch(batch_size)
+    out = []
     for start, batch in zip(range(0, len(examples), batch_size), converted.as_numpy_iterator(), strict=True):
         real = examples[start : start + batch_size]
         pad = batch_size - len(real)
-        padded = {k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1))[rows] for k, v in batch.items()}
-        yield to_global(padded, mesh), len(real), real
+        out.append(({k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}, len(real), real))
+    return tuple(out)

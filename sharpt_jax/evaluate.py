@@ -35,7 +35,7 @@ from jax.experimental import multihost_utils
 from sharpt_jax import build, checkpoints, data, optim, sharding
 from sharpt_jax.decoding import greedy_decode
 from sharpt_jax.models.sharpt import SharPT
-from tasks import registry
+from tasks import registry, skills
 from tasks.metrics import TASK_EVAL
 
 
@@ -156,7 +156,13 @@ def task_metrics(task: str, examples: Sequence[Mapping], texts: Sequence[str]) -
       examples: the task's examples (numpy values, as its dataset yields them), one per prediction.
       texts: the predicted text of every example (a label string, a decoded answer).
     """
-    return _score_texts(TASK_EVAL[task.removeprefix(registry.PREFIX)], examples, texts)[0]
+    return _score_texts(task_eval_of(task), examples, texts)[0]
+
+
+def task_eval_of(task: str):
+    """The TaskEval of a registered task ("sharpt_rte", "rte" or a skills-world task)."""
+    name = task.removeprefix(registry.PREFIX)
+    return skills.EVAL if name.startswith("skills_") else TASK_EVAL[name]
 
 
 def _score_texts(task_eval, examples: Sequence[Mapping], texts: Sequence[str]) -> tuple[dict[str, float], list]:
@@ -200,7 +206,7 @@ def score_split(
       The split's `SplitScore`. Padding rows never reach the predictions, skills or metrics.
     """
     name = task.removeprefix(registry.PREFIX)
-    task_eval = TASK_EVAL[name]
+    task_eval = task_eval_of(name)
     vocabulary = seqio.get_mixture_or_task(registry.PREFIX + name).output_features["targets"].vocabulary
     rank = task_eval.label_names is not None and not task_eval.always_decode
     candidates = label_candidates(vocabulary, task_eval.label_names, sequence_length["targets"]) if rank else None
@@ -296,7 +302,7 @@ def evaluate_checkpoints(config, workdir: str | os.PathLike) -> dict:
     results, skills = _read_json(out_dir / "results.json"), _read_json(out_dir / "skills.json")
     todo = [step for step in steps if str(step) not in results]
     if todo:
-        graphdef, trainable, frozen = _model_of_run(config, files, ckpts.metadata(steps[-1]), mesh)
+        graphdef, trainable, frozen = model_of_run(config, files, ckpts.metadata(steps[-1]), mesh)
         for step in todo:
             model = nnx.merge(graphdef, ckpts.restore_params(step, trainable), frozen)
             scored = {split: score_tasks(model, eval_tasks, split, config, mesh) for split in config.eval.splits}
@@ -316,11 +322,12 @@ def evaluate_checkpoints(config, workdir: str | os.PathLike) -> dict:
         "selected_by": "the highest validation score (mean of the metrics), the earliest step on ties",
     }
     _write_json(out_dir / "best.json", best)
-    print(f"best step {best_step}: validation {best['validation']}, test {best['test']}", flush=True)
+    test = f", test {best['test']['score']:.2f}" if best["test"] else ""
+    print(f"best step {best_step}: validation {best['validation']['score']:.2f}{test}", flush=True)
     return best
 
 
-def _model_of_run(config, files, metadata: dict, mesh: jax.sharding.Mesh):
+def model_of_run(config, files, metadata: dict, mesh: jax.sharding.Mesh):
     """(graphdef, trainable, frozen) of the run that wrote the checkpoints, placed on `mesh`; the trainable
     part holds the initial values (each checkpoint replaces them). A target run's frozen codebook comes from
     the source checkpoint its metadata names."""

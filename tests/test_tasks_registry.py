@@ -95,7 +95,7 @@ def test_import_is_fast_and_offline():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     num_tasks, num_mixtures, elapsed = result.stdout.split()[-3:]
-    assert (int(num_tasks), int(num_mixtures)) == (25, 2)
+    assert (int(num_tasks), int(num_mixtures)) == (25, 3)  # The two source mixtures and the skills sources.
     assert float(elapsed) < 2.0
 
 

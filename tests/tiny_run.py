@@ -26,9 +26,11 @@ def make_assets(folder: Path) -> dict:
 
 
 def tiny_config(assets: dict, **overrides):
-    """The demo config shrunk further: 2-task source mixture, short sequences, a checkpoint every 4 steps."""
+    """The demo config on a random T5 and the bundled samples: 2-task source mixture, short sequences, a
+    checkpoint every 4 steps."""
     c = demo_config.get_config()
     c.mode = "train"
+    c.t5, c.batch_size, c.demo.baselines = "random", 8, ""
     c.data_dir, c.t5_vocab, c.encoder = assets["data_dir"], assets["t5_vocab"], assets["encoder"]
     c.encoder_pooling = "cls"
     c.t5_random.update(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4)

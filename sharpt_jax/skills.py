@@ -1,0 +1,236 @@
+"""The skills-world experiment (configs/skills.py): every method of the paper's tables on a world where the
+skills are known, through the real trainer and evaluator.
+
+    python run.py --config=configs/skills.py --workdir=DIR
+
+Layout of DIR (every run is an ordinary run folder: checkpoints/, metrics.jsonl, eval/results.json, best.json):
+  <method>/source/seed<s>/                   source stage of sharpt and no_latent on `sharpt_skills_sources`
+  <method>/<target>_n<N>/lr<rate>/seed<s>/   one target run; `record.json` there once it is scored
+  results.json, results.md, *.png            written by `sharpt_jax.skills_report` at the end
+
+Protocol: the same steps, batch and checkpoints for every method; for each (method, target, size) seed 0 runs
+every learning rate of the method's grid and the rate with the best validation score (of the best-validation
+checkpoint) is the one the other seeds use. The reported `test` is the exact match of the best-validation
+checkpoint. Nothing is chosen on test data. A killed experiment continues with the same command: finished runs
+are read back from their record.json, an unfinished one resumes from its last checkpoint.
+"""
+
+import functools
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from sharpt_jax import build, checkpoints, data, evaluate, skills_report, train
+from tasks import skills
+
+# Methods of the comparison -> (model method, stage, whether the target starts from a source run).
+METHODS = {
+    "sharpt": ("sharpt", "target", True),
+    "no_latent": ("no_latent", "target", True),
+    "prompt_tuning": ("prompt_tuning", "target", False),
+    "model_tuning": ("model_tuning", "target", False),
+    "no_source": ("sharpt", "source", False),  # Codebook and generator learned on the target alone.
+}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+    """Runs (or continues) the whole experiment in `workdir`; returns the content of results.json."""
+    workdir = Path(workdir)
+    spec = config.skills
+    unknown = [m for m in spec.methods if m not in METHODS]
+    if unknown:
+        raise build.ConfigError(f"config.skills.methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+    started = time.perf_counter()
+    if not jax.config.jax_compilation_cache_dir:
+        # Hundreds of runs compile the same few steps (one per method and learning rate): XLA's persistent
+        # cache turns every compile after the first into a lookup (tracing still happens).
+        jax.config.update("jax_compilation_cache_dir", str(workdir / "xla_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+    # ---------------------------------------------------------------------------------------------
+    # Source stage: one run per seed for each method that transfers.
+    # ---------------------------------------------------------------------------------------------
+    sources = {}
+    for method in [m for m in spec.methods if METHODS[m][2]]:
+        for seed in spec.seeds:
+            source = run_config(config, METHODS[method][0], "source", "skills_sources", seed)
+            source.learning_rate, source.num_train_steps = spec.source_learning_rate, spec.source_steps
+            source.save_every = spec.source_steps
+            sources[method, seed] = workdir / method / "source" / f"seed{seed}"
+            record = train_and_score(source, sources[method, seed], workdir)
+            print(f"[skills] {method} source seed {seed}: validation {record['validation']:.1f}", flush=True)
+
+    # ---------------------------------------------------------------------------------------------
+    # Targets: the learning-rate grid on seed 0, then the other seeds at the chosen rate.
+    # ---------------------------------------------------------------------------------------------
+    runs = []
+    for method in spec.methods:
+        for target in spec.targets:
+            for size in spec.sizes:
+                first, *rest = spec.seeds
+                grid = [
+                    target_run(config, workdir, sources, method, target, size, rate, first)
+                    for rate in spec.learning_rates[method]
+                ]
+                chosen = max(grid, key=lambda r: r["validation"])  # The first (largest) rate on ties.
+                for record in grid:
+                    record["selected"] = record is chosen
+                more = [
+                    target_run(config, workdir, sources, method, target, size, chosen["learning_rate"], seed)
+                    for seed in rest
+                ]
+                runs += grid + [{**r, "selected": True} for r in more]
+
+    # ---------------------------------------------------------------------------------------------
+    # How the codebook relates to the true skills, then the tables and figures.
+    # ---------------------------------------------------------------------------------------------
+    codebooks = {}
+    if "sharpt" in spec.methods:
+        for seed in spec.seeds:
+            source = run_config(config, "sharpt", "source", "skills_sources", seed)
+            codebooks[str(seed)] = codebook_usage(source, sources["sharpt", seed])
+    results = {
+        "runs": runs,
+        "codebook": codebooks,
+        "ceiling": json.loads((Path(config.t5) / "ceiling.json").read_text()),
+        "protocol": (
+            "test exact match of the best-validation checkpoint; learning rate per (method, target, size) "
+            "chosen on seed 0's validation score; the world's fixed validation and test sets"
+        ),
+        "config": config.to_dict(),
+        "seconds": time.perf_counter() - started,
+    }
+    skills_report.write(results, workdir)
+    return results
+
+
+def run_config(config, method: str, stage: str, task: str, seed: int) -> ml_collections.ConfigDict:
+    out = config.copy_and_resolve_references()
+    out.mode, out.method, out.stage, out.task, out.seed = "train", method, stage, task, seed
+    return out
+
+
+def target_run(config, workdir: Path, sources: dict, method: str, target: str, size: int, rate: float, seed: int):
+    """One target run of `method` (trained and scored unless its record.json exists); returns its record."""
+    model_method, stage, transfers = METHODS[method]
+    run_dir = workdir / method / f"{target}_n{size}" / f"lr{rate:g}" / f"seed{seed}"
+    cfg = run_config(config, model_method, stage, f"skills_{target}_n{size}", seed)
+    cfg.learning_rate, cfg.num_train_steps = rate, config.skills.target_steps
+    cfg.save_every = config.skills.target_save_every
+    if transfers:
+        cfg.source_checkpoint = str(sources[method, seed])
+    record = train_and_score(cfg, run_dir, workdir)
+    record.update(method=method, target=target, task=target, num_train=size, learning_rate=rate, seed=seed)
+    print(
+        f"[skills] {method:13s} {target:15s} n={size:<3d} lr={rate:<6g} seed {seed}: "
+        f"validation {record['validation']:5.1f} test {record['test']:5.1f} (step {record['best_step']}, "
+        f"{record['seconds']:.0f}s)",
+        flush=True,
+    )
+    return record
+
+
+def train_and_score(cfg, run_dir: Path, workdir: Path) -> dict:
+    """Trains and scores one run (or reads back its record.json); returns the record (`run`: its folder
+    relative to the experiment's workdir)."""
+    done = run_dir / "record.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    started = time.perf_counter()
+    train.train(cfg, run_dir)
+    best = evaluate.evaluate_checkpoints(cfg, run_dir)
+    test = best["test"] or {}
+    record = {
+        "run": str(run_dir.relative_to(workdir)),
+        "best_step": best["step"],
+        "validation": best["validation"]["score"],
+        "test": _mean_metric(test, "exact_match"),
+        "test_token_accuracy": _mean_metric(test, "token_accuracy"),
+        "seconds": time.perf_counter() - started,
+    }
+    if jax.process_index() == 0:
+        done.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _mean_metric(metrics: dict, name: str) -> float:
+    """The metric of a single task, or its mean over a mixture's tasks ("<task>/<name>")."""
+    values = [v for k, v in metrics.items() if k == name or k.endswith("/" + name)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# Codebook usage: which skill vector every test instance of every task picks.
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _skill_choices(graphdef: nnx.GraphDef, state: nnx.State, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """The codebook index each instance of the batch chooses, int32 [B], and its embedding e0, float32 [B, m]."""
+    model = nnx.merge(graphdef, state)
+    _, aux = model.prompts(batch)
+    e0 = model.instance_encoder(batch["instance_input_tokens"], batch["instance_input_mask"])
+    return aux["skill"], e0.astype(jax.numpy.float32)
+
+
+def codebook_usage(config, source_dir: Path) -> dict:
+    """The source run's codebook choices on the test split of every skills task (sources and targets).
+
+    Returns {"step", "tasks": {task: {"true_skills": [...], "counts": [[K] counts per true skill]}},
+    "geometry": {...}}: for each task and each true skill of its instances, how many chose each of the K skill
+    vectors (the codebook is frozen in the target stage, so these are also the choices the SharPT target runs
+    see), and where the source tasks' instance embeddings e0 lie relative to the skill vectors (mean norms and
+    distances), which explains a collapse.
+    """
+    files = build.resolve_files(config)
+    build.configure_tasks(config, files)
+    mesh = build.make_mesh(config)
+    ckpts = checkpoints.Checkpoints(source_dir)
+    try:
+        step = ckpts.latest_step()
+        graphdef, trainable, frozen = evaluate.model_of_run(config, files, ckpts.metadata(step), mesh)
+        model = nnx.merge(graphdef, ckpts.restore_params(step, trainable), frozen)
+    finally:
+        ckpts.close()
+    state = nnx.state(model)
+    out, source_embeddings = {}, []
+    for task in skills.TASKS:
+        chosen, truth = [], []
+        for batch, num_real, examples in data.eval_batches(
+            skills.task_name(task), "test", config.sequence_length.to_dict(), config.eval.batch_size, mesh
+        ):
+            indices, e0 = multihost_utils.process_allgather(_skill_choices(graphdef, state, batch), tiled=True)
+            chosen.extend(np.asarray(indices)[:num_real].tolist())
+            truth.extend(ex["skill"].decode() for ex in examples)
+            if task in {t.name for t in skills.SOURCES}:
+                source_embeddings.append(np.asarray(e0)[:num_real])
+        true_skills = sorted(set(truth))
+        counts = np.zeros((len(true_skills), config.num_skills), np.int64)
+        np.add.at(counts, ([true_skills.index(s) for s in truth], chosen), 1)
+        out[task] = {"true_skills": true_skills, "counts": counts.tolist()}
+    return {"step": step, "tasks": out, "geometry": _geometry(np.concatenate(source_embeddings), model)}
+
+
+def _geometry(e0: np.ndarray, model) -> dict:
+    """Mean distances between the source instances' embeddings e0 [N, m] and the skill vectors E [K, m]."""
+    table = np.asarray(jax.device_get(model.codebook.embeddings[...]), np.float64)
+    distances = np.linalg.norm(e0[:, None, :] - table[None, :, :], axis=-1)  # [N, K]
+    used = np.zeros(len(table), bool)
+    used[distances.argmin(1)] = True
+    out = {
+        "embedding_norm": float(np.linalg.norm(e0, axis=1).mean()),
+        "embedding_distance_to_centroid": float(np.linalg.norm(e0 - e0.mean(0), axis=1).mean()),
+        "distance_to_chosen_skill": float(distances.min(1).mean()),
+        "used_skill_norm": float(np.linalg.norm(table[used], axis=1).mean()),
+    }
+    if not used.all():
+        out["unused_skill_norm"] = float(np.linalg.norm(table[~used], axis=1).mean())
+        out["distance_to_nearest_unused_skill"] = float(distances[:, ~used].min(1).mean())
+    return out

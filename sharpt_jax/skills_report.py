@@ -1,0 +1,283 @@
+"""Tables and figures of the skills-world experiment (sharpt_jax/skills.py).
+
+`write(results, workdir)` writes, from the experiment's records:
+  results.json         the records, a summary per (method, target, size) and the codebook measures
+  results.md           test exact match, mean +- std over seeds, beside the backbone's ceiling; codebook measures
+  score_vs_size.png    test exact match against training-set size per method, one panel per target (error bars:
+                       std over seeds)
+  skill_usage.png      which skill vector the test instances of every task choose, by true skill (seed 0)
+  task_relations.png   the paper's Figure 3 for this world: cosine similarity of the tasks' average one-hot
+                       skill choices (seed 0)
+"""
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")  # Files only; no display.
+import matplotlib.pyplot as plt  # noqa: E402
+
+NAN = float("nan")
+METHOD_NAMES = {
+    "sharpt": "SharPT",
+    "prompt_tuning": "PromptTuning",
+    "no_latent": "no latent space",
+    "no_source": "no source training",
+    "model_tuning": "ModelTuning",
+}
+
+
+def write(results: dict, workdir: Path) -> None:
+    results["summary"] = summarize(results["runs"])
+    results["codebook_measures"] = {seed: codebook_measures(c) for seed, c in results["codebook"].items()}
+    tmp = workdir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(workdir / "results.json")
+    (workdir / "results.md").write_text(markdown(results))
+    plot_scores(results, workdir / "score_vs_size.png")
+    if results["codebook"]:
+        first = results["codebook"][min(results["codebook"], key=int)]
+        plot_skill_usage(first, workdir / "skill_usage.png")
+        plot_task_relations(first, workdir / "task_relations.png")
+    print(markdown(results), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers.
+# ---------------------------------------------------------------------------------------------
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """Mean and sample std of test exact match over the seeds of the selected rate, per (method, target, size)."""
+    groups = {}
+    for r in runs:
+        if r["selected"]:
+            groups.setdefault((r["method"], r["target"], r["num_train"]), []).append(r)
+    out = []
+    for (method, target, size), rs in groups.items():
+        test = np.array([r["test"] for r in rs])
+        out.append(
+            {
+                "method": method,
+                "target": target,
+                "num_train": size,
+                "learning_rate": rs[0]["learning_rate"],
+                "seeds": len(rs),
+                "test_mean": float(test.mean()),
+                "test_std": float(test.std(ddof=1)) if len(rs) > 1 else 0.0,
+                "token_accuracy_mean": float(np.mean([r["test_token_accuracy"] for r in rs])),
+            }
+        )
+    return out
+
+
+def _entropy(p: np.ndarray) -> float:
+    p = p[p > 0]
+    return float(-np.sum(p * np.log(p)))
+
+
+def contingency_measures(counts: np.ndarray) -> dict:
+    """counts [true skills, K]: purity, NMI (arithmetic normalisation), skill perplexity and dead skills."""
+    counts = np.asarray(counts, np.float64)
+    total = counts.sum()
+    joint = counts / total
+    p_true, p_skill = joint.sum(1), joint.sum(0)
+    nonzero = joint > 0
+    mutual = float(np.sum(joint[nonzero] * np.log(joint[nonzero] / np.outer(p_true, p_skill)[nonzero])))
+    h_true, h_skill = _entropy(p_true), _entropy(p_skill)
+    return {
+        "purity": float(counts.max(0).sum() / total),
+        "nmi": mutual / ((h_true + h_skill) / 2) if h_true + h_skill > 0 else 1.0,
+        "skill_perplexity": math.exp(h_skill),
+        "dead_skills": int(np.sum(counts.sum(0) == 0)),
+    }
+
+
+def codebook_measures(codebook: dict) -> dict:
+    """Measures of one source run's codebook: on the 8 source tasks (one true skill each) and per target."""
+    tasks = codebook["tasks"]
+    from tasks import skills  # Imported here: the report stays importable without TensorFlow until needed.
+
+    source_rows = np.concatenate([np.asarray(tasks[t.name]["counts"]) for t in skills.SOURCES])
+    out = {"sources": contingency_measures(source_rows)}
+    by_skill = {t.skills[0]: np.asarray(tasks[t.name]["counts"]).sum(0) for t in skills.SOURCES}
+    for target in skills.TARGETS:
+        counts = np.asarray(tasks[target.name]["counts"])
+        entry = {"choices": counts.sum(0).tolist(), **contingency_measures(counts)}
+        # Share of the target's instances that pick the skill vector its true skill's source task uses most.
+        if len(target.skills) == 1 and target.skills[0] in by_skill:
+            entry["source_skill_share"] = float(counts.sum(0)[by_skill[target.skills[0]].argmax()] / counts.sum())
+        out[target.name] = entry
+    return out
+
+
+def task_similarity(codebook: dict) -> tuple[list[str], np.ndarray]:
+    """Task names and the cosine similarity [T, T] of their average one-hot skill choices (paper, Figure 3)."""
+    names = list(codebook["tasks"])
+    usage = np.stack([np.asarray(codebook["tasks"][n]["counts"], np.float64).sum(0) for n in names])
+    usage /= usage.sum(1, keepdims=True)
+    unit = usage / np.linalg.norm(usage, axis=1, keepdims=True)
+    return names, unit @ unit.T
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown.
+# ---------------------------------------------------------------------------------------------
+
+
+def markdown(results: dict) -> str:
+    summary = results["summary"]
+    targets = list(dict.fromkeys(s["target"] for s in summary))
+    sizes = sorted({s["num_train"] for s in summary})
+    cell = {(s["method"], s["target"], s["num_train"]): s for s in summary}
+    header = [f"{t} {n}" for t in targets for n in sizes]
+    lines = [
+        "Test exact match (%) of the best-validation checkpoint, mean +- std over seeds "
+        "(columns: target and number of training examples).",
+        "",
+        "| method | " + " | ".join(header) + " |",
+        "|---|" + "---|" * len(header),
+    ]
+    for method in dict.fromkeys(s["method"] for s in summary):
+        row = []
+        for t in targets:
+            for n in sizes:
+                s = cell.get((method, t, n))
+                row.append("" if s is None else f"{s['test_mean']:.1f} +- {s['test_std']:.1f}")
+        lines.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(row) + " |")
+    ceiling = results["ceiling"]["with_instruction"]
+    lines.append(
+        "| backbone + instruction (ceiling) | "
+        + " | ".join(f"{ceiling[t]:.1f}" for t in header_targets(targets, sizes))
+        + " |"
+    )
+    floor = results["ceiling"]["without_instruction"]
+    lines.append(
+        "| backbone, no prompt (floor) | "
+        + " | ".join(f"{floor[t]:.1f}" for t in header_targets(targets, sizes))
+        + " |"
+    )
+    seeds = sorted({s["seeds"] for s in summary})
+    lines += ["", f"Seeds per cell: {', '.join(map(str, seeds))}. Selected learning rates:", ""]
+    lines.append("| method | " + " | ".join(header) + " |")
+    lines.append("|---|" + "---|" * len(header))
+    for method in dict.fromkeys(s["method"] for s in summary):
+        rates = [
+            f"{cell[(method, t, n)]['learning_rate']:g}" if (method, t, n) in cell else ""
+            for t in targets
+            for n in sizes
+        ]
+        lines.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(rates) + " |")
+    measures = results.get("codebook_measures", {})
+    if measures:
+        lines += [
+            "",
+            "SharPT's codebook after the source stage, on the test instances (per source seed): purity and NMI of "
+            "the chosen skill vector against the true skill on the 8 source tasks, skill perplexity (exp of the "
+            "entropy of skill use; 8 = one vector per source skill), dead skills (of K), the NMI within "
+            "sort_or_reverse (1 = its two behaviours go to different vectors), and for the single-skill targets "
+            "the share of instances that pick the vector their skill's source task uses most.",
+            "",
+            "| seed | purity | NMI | perplexity | dead | sort_or_reverse NMI | reverse_shift share | sort_shift share"
+            " |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for seed, m in sorted(measures.items(), key=lambda kv: int(kv[0])):
+            s = m["sources"]
+            cells = [s["purity"], s["nmi"], s["skill_perplexity"], s["dead_skills"], m["sort_or_reverse"]["nmi"]]
+            cells += [m[t].get("source_skill_share", NAN) for t in ("reverse_shift", "sort_shift")]
+            lines.append(_row(seed, cells))
+    geometry = {seed: c["geometry"] for seed, c in results["codebook"].items() if "geometry" in c}
+    if geometry:
+        lines += [
+            "",
+            "Where the source instances' embeddings e0 lie relative to the skill vectors (means over the 8 source "
+            "tasks' test instances): the norm of e0, its distance to the centroid of all e0, to the chosen skill "
+            "vector and to the nearest unused one, and the norms of used and unused skill vectors.",
+            "",
+            "| seed | norm e0 | e0 to centroid | e0 to chosen | e0 to nearest unused | norm used | norm unused |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for seed, g in sorted(geometry.items(), key=lambda kv: int(kv[0])):
+            names = ("embedding_norm", "embedding_distance_to_centroid", "distance_to_chosen_skill")
+            names += ("distance_to_nearest_unused_skill", "used_skill_norm", "unused_skill_norm")
+            lines.append(_row(seed, [g.get(name, NAN) for name in names]))
+    return "\n".join(lines) + "\n"
+
+
+def _row(first, values) -> str:
+    return f"| {first} | " + " | ".join(str(v) if isinstance(v, int) else f"{v:.2f}" for v in values) + " |"
+
+
+def header_targets(targets: list[str], sizes: list[int]) -> list[str]:
+    return [t for t in targets for _ in sizes]
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures.
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_scores(results: dict, out: Path) -> None:
+    summary = results["summary"]
+    targets = list(dict.fromkeys(s["target"] for s in summary))
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.6), sharey=True, squeeze=False)
+    for ax, target in zip(axes[0], targets, strict=True):
+        for method in dict.fromkeys(s["method"] for s in summary):
+            rows = sorted(
+                (s for s in summary if s["method"] == method and s["target"] == target), key=lambda s: s["num_train"]
+            )
+            ax.errorbar(
+                [s["num_train"] for s in rows],
+                [s["test_mean"] for s in rows],
+                yerr=[s["test_std"] for s in rows],
+                marker="o",
+                capsize=3,
+                label=METHOD_NAMES.get(method, method),
+            )
+        ax.axhline(results["ceiling"]["with_instruction"][target], color="gray", ls="--", lw=1, label="ceiling")
+        ax.set_xscale("log", base=2)
+        ax.set_title(target)
+        ax.set_xlabel("training examples")
+    axes[0][0].set_ylabel("test exact match (%)")
+    axes[0][-1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def plot_skill_usage(codebook: dict, out: Path) -> None:
+    """Rows: (task, true skill); columns: skill vectors; cells: fraction of the row's test instances."""
+    labels, rows = [], []
+    for task, entry in codebook["tasks"].items():
+        for skill, counts in zip(entry["true_skills"], entry["counts"], strict=True):
+            counts = np.asarray(counts, np.float64)
+            labels.append(f"{task} ({skill})" if task != skill else task)
+            rows.append(counts / max(counts.sum(), 1.0))
+    grid = np.stack(rows)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.4 * grid.shape[1], 1.0 + 0.35 * len(rows)))
+    image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(grid.shape[1]))
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("skill vector (codebook index)")
+    ax.set_title("Skill choice of test instances by task (true skill)")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def plot_task_relations(codebook: dict, out: Path) -> None:
+    names, similarity = task_similarity(codebook)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(names), 1.0 + 0.45 * len(names)))
+    image = ax.imshow(similarity, cmap="magma", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_title("Task relations: cosine similarity of skill choices")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
