@@ -27,7 +27,7 @@ def get_config(arg: str | None = None):
     c.encoder = common.minilm_folder()
     c.encoder_pooling = "mean"  # sentence-transformers' MiniLM embeds by mean pooling.
     c.num_skills = 16  # K: twice the 8 source skills, so the codebook is free to split or merge them.
-    c.prompt_length = 8  # L: 1 saturates at 16 examples on this backbone (no room for transfer), 4-8 do not.
+    c.prompt_length = 8  # L: a probe on a similar backbone saturated at 16 examples with L = 1, not with 4-8.
     c.batch_size = 16
     c.warmup_steps = 10
     # Longest input: instruction-free phrase of 4 words + 8 words + EOS; target: 8 words + EOS.

@@ -7,6 +7,7 @@ Layout of DIR (every run is an ordinary run folder: checkpoints/, metrics.jsonl,
   <method>/source/seed<s>/                   source stage of sharpt and no_latent on `sharpt_skills_sources`
   <method>/<target>_n<N>/lr<rate>/seed<s>/   one target run; `record.json` there once it is scored
   results.json, results.md, *.png            written by `sharpt_jax.skills_report` at the end
+  xla_cache/                                 XLA's persistent compilation cache, shared by the runs
 
 Protocol: the same steps, batch and checkpoints for every method; for each (method, target, size) seed 0 runs
 every learning rate of the method's grid and the rate with the best validation score (of the best-validation
