@@ -13,16 +13,11 @@ import os
 import shutil
 from pathlib import Path
 
-import matplotlib
 import ml_collections
-import numpy as np
 import seqio
 
-from sharpt_jax import build, evaluate, train
+from sharpt_jax import build, evaluate, skills_report, train
 from tasks import registry, samples
-
-matplotlib.use("Agg")  # Files only; no display.
-import matplotlib.pyplot as plt  # noqa: E402
 
 SAMPLES_PER_SPLIT = 32
 
@@ -67,7 +62,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
     (workdir / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     sharpt_stages = {name: stage for name, stage in stages.items() if stage.method == "sharpt"}
     if sharpt_stages:
-        plot_skills(workdir, sharpt_stages, base.num_skills, workdir / "skills.png")
+        plot_skills(workdir, sharpt_stages, workdir / "skills.png")
         print(f"skill usage per task: {workdir / 'skills.png'}", flush=True)
     return rows
 
@@ -154,23 +149,13 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_skills(workdir: Path, stages: dict, num_skills: int, out: Path) -> None:
+def plot_skills(workdir: Path, stages: dict, out: Path) -> None:
     """Heatmap [task, skill] of how often each task's test examples chose each skill (best checkpoint)."""
     names, rows = [], []
     for name in stages:
         best = json.loads((workdir / name / "eval" / "best.json").read_text())
         skills = json.loads((workdir / name / "eval" / "skills.json").read_text())[str(best["step"])]["test"]
         for task, counts in skills.items():
-            counts = np.asarray(counts, np.float64)
             names.append(f"{task} ({name})" if name == "source" else task)
-            rows.append(counts / max(counts.sum(), 1.0))
-    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * num_skills, 1.0 + 0.4 * len(rows)))
-    image = ax.imshow(np.stack(rows), cmap="viridis", vmin=0.0, aspect="auto")
-    ax.set_xticks(range(num_skills))
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("skill (codebook index)")
-    ax.set_title("Skill usage per task (fraction of test examples)")
-    fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+            rows.append(counts)
+    skills_report.skill_heatmap(names, rows, "Skill usage per task (fraction of test examples)", out)

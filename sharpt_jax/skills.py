@@ -188,8 +188,11 @@ def codebook_usage(config, source_dir: Path) -> dict:
     "geometry": {...}}: for each task and each true skill of its instances, how many chose each of the K skill
     vectors (the codebook is frozen in the target stage, so these are also the choices the SharPT target runs
     see), and where the source tasks' instance embeddings e0 lie relative to the skill vectors (mean norms and
-    distances), which explains a collapse.
+    distances), which explains a collapse. Kept in the source run's eval/codebook_usage.json.
     """
+    done = source_dir / "eval" / "codebook_usage.json"  # Written once: a continued experiment reads it back.
+    if done.exists():
+        return json.loads(done.read_text())
     files = build.resolve_files(config)
     build.configure_tasks(config, files)
     mesh = build.make_mesh(config)
@@ -216,7 +219,10 @@ def codebook_usage(config, source_dir: Path) -> dict:
         counts = np.zeros((len(true_skills), config.num_skills), np.int64)
         np.add.at(counts, ([true_skills.index(s) for s in truth], chosen), 1)
         out[task] = {"true_skills": true_skills, "counts": counts.tolist()}
-    return {"step": step, "tasks": out, "geometry": _geometry(np.concatenate(source_embeddings), model)}
+    usage = {"step": step, "tasks": out, "geometry": _geometry(np.concatenate(source_embeddings), model)}
+    if jax.process_index() == 0:
+        done.write_text(json.dumps(usage, indent=2) + "\n")
+    return usage
 
 
 def _geometry(e0: np.ndarray, model) -> dict:

@@ -254,16 +254,21 @@ def plot_skill_usage(codebook: dict, out: Path) -> None:
     labels, rows = [], []
     for task, entry in codebook["tasks"].items():
         for skill, counts in zip(entry["true_skills"], entry["counts"], strict=True):
-            counts = np.asarray(counts, np.float64)
             labels.append(f"{task} ({skill})" if task != skill else task)
-            rows.append(counts / max(counts.sum(), 1.0))
-    grid = np.stack(rows)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.4 * grid.shape[1], 1.0 + 0.35 * len(rows)))
+            rows.append(counts)
+    skill_heatmap(labels, rows, "Skill choice of test instances by task (true skill)", out)
+
+
+def skill_heatmap(labels: list[str], counts: list, title: str, out: Path) -> None:
+    """Draws rows of skill counts [R, K] as the fraction of each row's instances choosing each skill vector."""
+    grid = np.asarray(counts, np.float64)
+    grid /= np.maximum(grid.sum(1, keepdims=True), 1.0)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.4 * grid.shape[1], 1.0 + 0.35 * len(labels)))
     image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(grid.shape[1]))
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("skill vector (codebook index)")
-    ax.set_title("Skill choice of test instances by task (true skill)")
+    ax.set_title(title)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
