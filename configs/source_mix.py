@@ -20,6 +20,7 @@ def get_config(arg: str | None = None):
     c.stage = "source"
     c.task = f"source_{arg.mixture}"
     c.method = arg.method
+    c.update(common.RECIPES[arg.method])  # The method's optimizer, learning rate and prompt length.
     c.t5 = common.T5_LM_ADAPT[arg.size]
     c.num_train_steps = 80_000  # The paper's source training.
     return c

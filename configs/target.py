@@ -21,6 +21,7 @@ def get_config(arg: str | None = None):
     c.stage = "target"
     c.task = arg.task
     c.method = arg.method
+    c.update(common.RECIPES[arg.method])  # The method's optimizer, learning rate and prompt length.
     c.t5 = common.T5_LM_ADAPT[arg.size]
     c.num_train_steps = 100_000  # The paper's target training.
     # Short answers: class names, numbers, a referent; 128 would only pad.

@@ -6,6 +6,7 @@ raises `ConfigError` with one line that says what to change; run.py prints it in
 """
 
 import dataclasses
+import functools
 import hashlib
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from sharpt_jax.models.t5 import T5, T5Config
 from tasks import mixtures, registry
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+SCORING = ("decode", "rank_classification")  # config.eval.scoring: see sharpt_jax.evaluate.
 RANDOM_T5 = "random"
 RANDOM_T5_SEED = 0  # Fixed: a source run and its targets must build the same random backbone.
 
@@ -36,13 +38,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     allowed = {
         "method": METHODS,
         "stage": optim.STAGES,
-        "optimizer": ("adam", "adafactor"),
+        "optimizer": optim.OPTIMIZERS,
         "backbone_dtype": tuple(DTYPES),
         "encoder_pooling": ("cls", "pooler", "mean"),
+        "eval.scoring": SCORING,
     }
     for field, values in allowed.items():
-        if config[field] not in values:
-            raise ConfigError(f"config.{field}={config[field]!r} is not one of {', '.join(values)}")
+        value = functools.reduce(lambda node, key: node[key], field.split("."), config)
+        if value not in values:
+            raise ConfigError(f"config.{field}={value!r} is not one of {', '.join(values)}")
     for field in ("num_skills", "prompt_length", "num_train_steps", "batch_size", "save_every", "log_every"):
         if config[field] <= 0:
             raise ConfigError(f"config.{field} must be positive, got {config[field]}")

@@ -2,25 +2,30 @@
 
 A checkpoint holds the train state the caller passes, the plain pytree {"trainable": nnx.State, "opt": optax
 state, "step": int32 []}, and never the frozen backbone (its folder and `folder_checksum` go in the metadata
-instead). The metadata dict is free-form JSON: the step, what resumes the data stream, the backbone and
-encoder paths and checksums, the config.
+instead). It is written as three Orbax items:
+  params/    state["trainable"]: kept in every checkpoint, since evaluation scores each one
+  resume/    the rest of the state (optimizer state, step): only the latest checkpoint keeps it, because only
+             a resume reads it; once a later save is complete, the earlier checkpoints' resume/ is deleted
+             (a ModelTuning run with Adam would otherwise store its optimizer state twice over at every save)
+  metadata/  free-form JSON: the step, what resumes the data stream, the models' paths and checksums, the config
 
 Saves are synchronous (the call returns once the step is on disk: simple, and the order of files on disk
 follows the train loop) and atomic: Orbax writes into a temporary folder and renames it to `<step>` once
-complete, so a crash mid-save leaves the earlier checkpoints intact and no partial step is ever listed (the
-next `Checkpoints` on the folder deletes the leftover temporary folder, at the latest before its first save).
-Every checkpoint is kept: evaluation scores each one. The save cadence is the caller's.
+complete, so a crash mid-save leaves the earlier checkpoints intact (the previous one still with its resume
+state) and no partial step is ever listed (the next `Checkpoints` on the folder deletes the leftover temporary
+folder, at the latest before its first save). The save cadence is the caller's.
 """
 
 import functools
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
-STATE, METADATA = "state", "metadata"
+PARAMS, RESUME, METADATA = "params", "resume", "metadata"
 # The files that define a Hugging Face model: its config and weights (sharded or not, safetensors or torch).
 MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
 _CHUNK = 1 << 20
@@ -38,18 +43,28 @@ class Checkpoints:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=options,
-            item_handlers={STATE: ocp.PyTreeCheckpointHandler(), METADATA: ocp.JsonCheckpointHandler()},
+            item_handlers={
+                PARAMS: ocp.PyTreeCheckpointHandler(),
+                RESUME: ocp.PyTreeCheckpointHandler(),
+                METADATA: ocp.JsonCheckpointHandler(),
+            },
         )
 
-    def save(self, step: int, state, metadata: dict) -> None:
-        """Writes `state` (any pytree of arrays, nnx.State included) and `metadata` (JSON) as step `step`."""
-        saved = self._manager.save(
-            int(step),
-            args=ocp.args.Composite(**{STATE: ocp.args.PyTreeSave(state), METADATA: ocp.args.JsonSave(metadata)}),
-            force=True,
-        )
-        if not saved:
+    def save(self, step: int, state: dict, metadata: dict) -> None:
+        """Writes `state` ({"trainable": ..., anything else a resume needs}) and `metadata` (JSON) as step `step`,
+        then drops the resume state of the earlier checkpoints."""
+        items = {
+            PARAMS: ocp.args.PyTreeSave(state["trainable"]),
+            RESUME: ocp.args.PyTreeSave({k: v for k, v in state.items() if k != "trainable"}),
+            METADATA: ocp.args.JsonSave(metadata),
+        }
+        if not self._manager.save(int(step), args=ocp.args.Composite(**items), force=True):
             raise RuntimeError(f"{self.directory}: checkpoint of step {step} was not written")
+        # Every process has finished writing step `step` when save returns; one of them deletes.
+        if jax.process_index() == 0:
+            for earlier in self.all_steps():
+                if earlier < step and (self.directory / str(earlier) / RESUME).exists():
+                    shutil.rmtree(self.directory / str(earlier) / RESUME)
 
     def all_steps(self) -> list[int]:
         """The steps of every complete checkpoint, ascending."""
@@ -62,30 +77,40 @@ class Checkpoints:
     def metadata(self, step: int) -> dict:
         return self._restore(step, {METADATA: ocp.args.JsonRestore()})[METADATA]
 
-    def restore(self, step: int, abstract_state) -> tuple[object, dict]:
-        """The train state and metadata of checkpoint `step`.
+    def restore(self, step: int, abstract_state: dict) -> tuple[dict, dict]:
+        """The train state and metadata of checkpoint `step` (the latest: the only one a resume can read).
 
         Args:
-          step: one of `all_steps()`.
+          step: one of `all_steps()`, with its resume state.
           abstract_state: the train state's structure with `jax.ShapeDtypeStruct` leaves carrying the
             shardings to restore onto (e.g. `jax.eval_shape` of the init, with the shardings set), or arrays.
 
         Returns:
           (state, metadata): state has the structure, dtypes and shardings of `abstract_state`.
         """
+        if step in self.all_steps() and not (self.directory / str(step) / RESUME).is_dir():
+            raise FileNotFoundError(
+                f"{self.directory}: checkpoint {step} keeps only its parameters (the resume state lives in the "
+                f"latest checkpoint, {self.latest_step()})"
+            )
+        rest = {k: v for k, v in abstract_state.items() if k != "trainable"}
         restored = self._restore(
-            step, {STATE: _pytree_restore(abstract_state, partial=False), METADATA: ocp.args.JsonRestore()}
+            step,
+            {
+                PARAMS: _pytree_restore(abstract_state["trainable"], partial=False),
+                RESUME: _pytree_restore(rest, partial=False),
+                METADATA: ocp.args.JsonRestore(),
+            },
         )
-        return restored[STATE], restored[METADATA]
+        return {"trainable": restored[PARAMS], **restored[RESUME]}, restored[METADATA]
 
     def restore_params(self, step: int, abstract_trainable):
         """Restores only trainable parameters of checkpoint `step` (e.g. the codebook of a source run).
 
         `abstract_trainable` (a state with ShapeDtypeStruct or array leaves) may hold any subset of the saved
-        trainable parameters, under the same paths; the optimizer state is not read.
+        trainable parameters, under the same paths; the resume state is not read.
         """
-        item = _pytree_restore({"trainable": abstract_trainable}, partial=True)
-        return self._restore(step, {STATE: item})[STATE]["trainable"]
+        return self._restore(step, {PARAMS: _pytree_restore(abstract_trainable, partial=True)})[PARAMS]
 
     def _restore(self, step: int, args: dict) -> dict:
         if step not in self._manager.all_steps():

@@ -50,7 +50,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
             stages[f"{target}_{method}"] = stage_config(base, "target", target, base.demo.target_steps, None)
             stages[f"{target}_{method}"].update(method=method, learning_rate=base.demo.baseline_learning_rate)
     for name, stage in stages.items():
-        print(f"== {name}: {stage.method} {stage.stage} stage on {stage.task}", flush=True)
         train.train(stage, workdir / name)
         evaluate.evaluate_checkpoints(stage, workdir / name)
 

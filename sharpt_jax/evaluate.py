@@ -3,15 +3,17 @@
 `score_split` runs a `SharPT` model over one split and applies the task's postprocessor and metric
 functions (`tasks.metrics.TASK_EVAL`) the way seqio's Evaluator does: the target is
 `postprocess_fn(targets_pretokenized, example=ex, is_target=True)`, the prediction
-`postprocess_fn(text, example=ex, is_target=False)`. A prediction's text comes from one of two procedures,
-chosen by the task:
-- rank classification, for tasks with a closed label set (`label_names`, not `always_decode`): every label
-  string (T5 targets vocabulary, cut to the targets length, + EOS) is scored by its summed log-likelihood
-  given the input and the prompt, and the best label is the prediction. The encoder runs once per batch;
-  the decoder scores all B * C (example, label) pairs in one teacher-forced pass over the broadcast encoder
-  output.
-- greedy decoding with the key/value cache (`decoding.greedy_decode`) for free-text and numeric answers,
-  detokenised up to EOS by the targets vocabulary.
+`postprocess_fn(text, example=ex, is_target=False)`. A prediction's text comes from one of two procedures
+(`config.eval.scoring`, recorded in every results file so that no table mixes them):
+- "decode" (the default, as T5, SPoT and the paper's baselines score): greedy decoding with the key/value
+  cache (`decoding.greedy_decode`), detokenised up to EOS by the targets vocabulary; a string that is none of
+  a task's labels counts as wrong.
+- "rank_classification", for tasks with a closed label set (`label_names`, not `always_decode`; the span
+  and free-text tasks still decode): every label string (T5 targets vocabulary, cut to the targets length,
+  + EOS) is scored by its summed log-likelihood given the input and the prompt, and the best label is the
+  prediction. It never produces an invalid answer, so its scores are not comparable with decoding's. The
+  encoder runs once per batch; the decoder scores all B * C (example, label) pairs in one teacher-forced pass
+  over the broadcast encoder output.
 
 The jitted functions live at module level and take (graphdef, state) with the graphdef static, so every call
 with a model of the same structure (the next checkpoint, the next split) and the same batch shapes reuses the
@@ -22,6 +24,7 @@ import dataclasses
 import functools
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -35,8 +38,10 @@ from jax.experimental import multihost_utils
 from sharpt_jax import build, checkpoints, data, optim, sharding
 from sharpt_jax.decoding import greedy_decode
 from sharpt_jax.models.sharpt import SharPT
-from tasks import registry, skills
+from tasks import registry, skills, sources
 from tasks.metrics import TASK_EVAL
+
+PROGRESS_SECONDS = 30  # An evaluation prints a progress line at most this often, and its result at the end.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,15 +50,21 @@ class SplitScore:
 
     Attributes:
       metrics: {metric name: value} of the task's seqio metric functions over the whole split.
+      texts: the predicted text of every example (a label string or the decoded answer), in the split's order.
       predictions: the postprocessed prediction of every example, in the split's order.
+      examples: the split's examples (numpy values, strings as bytes), in order.
       skills: int [num_examples], the codebook index each example chose; None when the method has no codebook.
-      num_examples: the split's size.
     """
 
     metrics: dict[str, float]
+    texts: list[str]
     predictions: list
+    examples: list
     skills: np.ndarray | None
-    num_examples: int
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.examples)
 
 
 def label_candidates(
@@ -190,6 +201,7 @@ def score_split(
     batch_size: int,
     max_decode_len: int,
     mesh: jax.sharding.Mesh,
+    scoring: str = "decode",
 ) -> SplitScore:
     """Scores `model` on one split of `task` with the task's postprocessor and metrics.
 
@@ -201,14 +213,17 @@ def score_split(
       batch_size: global rows per batch (a multiple of the mesh's data axis); the last batch is padded.
       max_decode_len: decoder positions of greedy decoding (unused by rank-classified tasks).
       mesh: the device mesh; batches are split over its 'data' axis.
+      scoring: "decode" or "rank_classification" (see the module docstring).
 
     Returns:
       The split's `SplitScore`. Padding rows never reach the predictions, skills or metrics.
     """
+    if scoring not in build.SCORING:
+        raise ValueError(f"scoring={scoring!r} is not one of {', '.join(build.SCORING)}")
     name = task.removeprefix(registry.PREFIX)
     task_eval = task_eval_of(name)
     vocabulary = seqio.get_mixture_or_task(registry.PREFIX + name).output_features["targets"].vocabulary
-    rank = task_eval.label_names is not None and not task_eval.always_decode
+    rank = scoring == "rank_classification" and task_eval.label_names is not None and not task_eval.always_decode
     candidates = label_candidates(vocabulary, task_eval.label_names, sequence_length["targets"]) if rank else None
     graphdef, state = nnx.split(model)
 
@@ -237,7 +252,7 @@ def score_split(
     else:
         texts = [vocabulary.decode(row.tolist()) for row in values]
     metrics, predictions = _score_texts(task_eval, examples, texts)
-    return SplitScore(metrics=metrics, predictions=predictions, skills=skills, num_examples=len(examples))
+    return SplitScore(metrics=metrics, texts=texts, predictions=predictions, examples=examples, skills=skills)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,18 +262,19 @@ def score_split(
 
 def score_tasks(
     model: SharPT, eval_tasks: Sequence[str], split: str, config, mesh: jax.sharding.Mesh
-) -> tuple[dict[str, float], dict[str, list[int]]]:
+) -> tuple[dict[str, float], dict[str, list[int]], dict[str, SplitScore]]:
     """Scores `model` on `split` of every task of a run (one task, or the tasks of its mixture).
 
     Returns:
       metrics: {metric: value} for one task, {"<task>/<metric>": value} for several, and "score": the mean
         over tasks of the mean of each task's metrics (what selects the best checkpoint).
       skills: {task: [K] counts of the codebook index its examples chose} (empty without a codebook).
+      scored: {task: its `SplitScore`} (texts and examples for the predictions file).
     """
-    metrics, skills, task_means = {}, {}, []
+    metrics, skills, task_means, scored = {}, {}, [], {}
     for task in eval_tasks:
         name = task.removeprefix(registry.PREFIX)
-        scored = score_split(
+        scored[name] = score_split(
             model,
             task,
             split,
@@ -266,26 +282,42 @@ def score_tasks(
             batch_size=config.eval.batch_size,
             max_decode_len=config.eval.max_decode_len,
             mesh=mesh,
+            scoring=config.eval.scoring,
         )
         prefix = f"{name}/" if len(eval_tasks) > 1 else ""
-        metrics.update({prefix + key: value for key, value in scored.metrics.items()})
-        task_means.append(float(np.mean(list(scored.metrics.values()))))
-        if scored.skills is not None:
-            skills[name] = np.bincount(scored.skills, minlength=config.num_skills).tolist()
+        metrics.update({prefix + key: value for key, value in scored[name].metrics.items()})
+        task_means.append(float(np.mean(list(scored[name].metrics.values()))))
+        if scored[name].skills is not None:
+            skills[name] = np.bincount(scored[name].skills, minlength=config.num_skills).tolist()
     metrics["score"] = float(np.mean(task_means))
-    return metrics, skills
+    return metrics, skills, scored
+
+
+def scoring_protocol(config, eval_tasks: Sequence[str]) -> dict[str, str]:
+    """How a run's numbers were made: the scoring mode and the split protocol of its tasks. Every results file
+    records it, so that no table mixes rank classification with decoding or one split protocol with another."""
+    generated = [t for t in eval_tasks if t.removeprefix(registry.PREFIX).startswith("skills_")]
+    split_protocol = skills.SPLIT_PROTOCOL if generated else sources.SPLIT_PROTOCOL
+    return {"scoring": config.eval.scoring, "split_protocol": split_protocol}
 
 
 def evaluate_checkpoints(config, workdir: str | os.PathLike) -> dict:
-    """Scores every checkpoint of `workdir` not yet in eval/results.json on `config.eval.splits`, then selects
-    the best on validation; returns best.json's content.
+    """Scores every checkpoint of `workdir` on validation, selects the best, scores the other splits of
+    `config.eval.splits` there and writes its predictions; returns best.json's content.
 
     Writes, under workdir/eval/ (each file replaced atomically after every checkpoint, so a killed evaluation
-    loses at most the checkpoint it was scoring):
-      results.json  {"<step>": {"<split>": {"<metric>": value, ..., "score": value}}}
+    loses at most the checkpoint it was scoring, and a rerun scores only what is missing):
+      results.json  {"<step>": {"<split>": {"<metric>": value, ..., "score": value}}, "protocol": {"scoring",
+                    "split_protocol"}}: validation at every step, the other splits at the best step (at every
+                    step with config.eval.every_split_every_checkpoint)
       skills.json   {"<step>": {"<split>": {"<task>": [K] skill counts}}}   (SharPT only)
-      best.json     {"step", "validation", "test", "selected_by"}: the step with the highest validation score
-                    (the earliest on ties), as the paper reports.
+      best.json     {"step", "validation", "test", "selected_by", "protocol"}: the step with the highest
+                    validation score (the earliest on ties), as the paper reports
+      predictions/<best step>/<split>.jsonl   one JSON object per example, in the split's order: task,
+                    inputs, target, prediction (the decoded or ranked text) and skill (SharPT)
+
+    Raises:
+      ConfigError: no checkpoints, no validation split, or eval/ holds scores of another protocol.
     """
     workdir = Path(workdir)
     build.check_config(config)
@@ -299,32 +331,92 @@ def evaluate_checkpoints(config, workdir: str | os.PathLike) -> dict:
     if not steps:
         raise build.ConfigError(f"{workdir}: no checkpoints to score under {ckpts.directory}; train first")
     out_dir = workdir / "eval"
-    results, skills = _read_json(out_dir / "results.json"), _read_json(out_dir / "skills.json")
-    todo = [step for step in steps if str(step) not in results]
-    if todo:
-        graphdef, trainable, frozen = model_of_run(config, files, ckpts.metadata(steps[-1]), mesh)
-        for step in todo:
-            model = nnx.merge(graphdef, ckpts.restore_params(step, trainable), frozen)
-            scored = {split: score_tasks(model, eval_tasks, split, config, mesh) for split in config.eval.splits}
-            results[str(step)] = {split: metrics for split, (metrics, _) in scored.items()}
-            skills[str(step)] = {split: counts for split, (_, counts) in scored.items()}
-            _write_json(out_dir / "results.json", results)
-            if config.method == "sharpt":
-                _write_json(out_dir / "skills.json", skills)
-            scores = ", ".join(f"{split} {results[str(step)][split]['score']:.2f}" for split in config.eval.splits)
-            print(f"eval step {step}: {scores}", flush=True)
+    protocol = scoring_protocol(config, eval_tasks)
+    results = _read_json(out_dir / "results.json") or {"protocol": protocol}
+    if results.get("protocol") != protocol:
+        raise build.ConfigError(
+            f"{out_dir} holds scores made with {results.get('protocol')}, this evaluation uses {protocol}; move "
+            f"{out_dir} away (or pass the same --config.eval.scoring) so that no table mixes protocols"
+        )
+    skills = _read_json(out_dir / "skills.json")
+    graphdef = trainable = frozen = None
+    num_scored, last_line = 0, time.perf_counter()
+
+    def score(step: int, splits: Sequence[str]) -> dict[str, dict[str, SplitScore]]:
+        """Scores checkpoint `step` on `splits`, records metrics and skill counts; returns the SplitScores."""
+        nonlocal graphdef, trainable, frozen, num_scored, last_line
+        if graphdef is None:  # Built once, on the first checkpoint that needs scoring.
+            graphdef, trainable, frozen = model_of_run(config, files, ckpts.metadata(steps[-1]), mesh)
+        model = nnx.merge(graphdef, ckpts.restore_params(step, trainable), frozen)
+        scored = {}
+        for split in splits:
+            metrics, counts, scored[split] = score_tasks(model, eval_tasks, split, config, mesh)
+            results.setdefault(str(step), {})[split] = metrics
+            skills.setdefault(str(step), {})[split] = counts
+        _write_json(out_dir / "results.json", results)
+        if config.method == "sharpt":
+            _write_json(out_dir / "skills.json", skills)
+        num_scored += 1
+        if time.perf_counter() - last_line >= PROGRESS_SECONDS:
+            line = ", ".join(f"{split} {results[str(step)][split]['score']:.2f}" for split in splits)
+            print(f"eval step {step}: {line} ({num_scored} checkpoints scored)", flush=True)
+            last_line = time.perf_counter()
+        return scored
+
+    def rank(step: int) -> tuple[float, int]:
+        return results[str(step)]["validation"]["score"], -step  # The earliest step wins ties.
+
+    every = config.eval.splits if config.eval.every_split_every_checkpoint else ("validation",)
+    leader, leader_scores = None, {}  # The best step scored here, and its SplitScores (for its predictions).
+    for step in steps:
+        if missing := [split for split in every if split not in results.get(str(step), {})]:
+            scored = score(step, missing)
+            if leader is None or rank(step) > rank(leader):
+                leader, leader_scores = step, scored
+    best_step = max(steps, key=rank)
+    # The best step's other splits, and the predictions of every split (validation is scored again only when
+    # an earlier invocation scored the best step).
+    predictions_dir = out_dir / "predictions" / str(best_step)
+    if missing := [split for split in config.eval.splits if not (predictions_dir / f"{split}.jsonl").exists()]:
+        scored = leader_scores if leader == best_step else {}
+        if to_score := [split for split in missing if split not in scored]:
+            scored = {**scored, **score(best_step, to_score)}
+        for split in missing:
+            _write_predictions(predictions_dir / f"{split}.jsonl", scored[split])
     ckpts.close()
-    best_step = max(steps, key=lambda step: (results[str(step)]["validation"]["score"], -step))
     best = {
         "step": best_step,
         "validation": results[str(best_step)]["validation"],
         "test": results[str(best_step)].get("test"),
         "selected_by": "the highest validation score (mean of the metrics), the earliest step on ties",
+        "protocol": protocol,
     }
     _write_json(out_dir / "best.json", best)
     test = f", test {best['test']['score']:.2f}" if best["test"] else ""
-    print(f"best step {best_step}: validation {best['validation']['score']:.2f}{test}", flush=True)
+    print(
+        f"eval of {len(steps)} checkpoints ({num_scored} scored now): best step {best_step}, validation "
+        f"{best['validation']['score']:.2f}{test}",
+        flush=True,
+    )
     return best
+
+
+def _write_predictions(path: Path, scored: Mapping[str, SplitScore]) -> None:
+    """One JSON line per example of every task of `scored` ({task: SplitScore}), written atomically."""
+    lines = []
+    for task, split_score in scored.items():
+        skill_of = split_score.skills if split_score.skills is not None else [None] * split_score.num_examples
+        for example, text, skill in zip(split_score.examples, split_score.texts, skill_of, strict=True):
+            row = {
+                "task": task,
+                "inputs": _text(example["inputs_pretokenized"]),
+                "target": _text(example["targets_pretokenized"]),
+                "prediction": text,
+            }
+            if skill is not None:
+                row["skill"] = int(skill)
+            lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    _write_text(path, "".join(lines))
 
 
 def model_of_run(config, files, metadata: dict, mesh: jax.sharding.Mesh):
@@ -347,11 +439,15 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, value) -> None:
+    _write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
     """Writes through a temporary file and a rename, so readers never see half a file (the first host only:
     every host computes the same results)."""
     if jax.process_index() != 0:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)

@@ -69,20 +69,34 @@ def learning_rate_schedule(learning_rate: float, warmup_steps: int) -> optax.Sch
     )
 
 
-def make_optimizer(name: str, learning_rate: float, warmup_steps: int) -> optax.GradientTransformation:
-    """Adam as the paper states (b1 0.9, b2 0.999, eps 1e-8), or Adafactor as Prompt Tuning and SPoT used.
+OPTIMIZERS = ("adam", "adafactor", "adafactor_t5")
 
-    The Adafactor settings follow T5X's prompt-tuning runs: factored second moments, no momentum, decay 0.8,
-    update clipping at 1.0, no parameter scaling (prompts have no meaningful scale to follow).
+
+def make_optimizer(name: str, learning_rate: float, warmup_steps: int) -> optax.GradientTransformation:
+    """One of `OPTIMIZERS`, each as its anchor runs it (configs/common.py RECIPES says which method uses which):
+
+    adam          the paper's (b1 0.9, b2 0.999, eps 1e-8).
+    adafactor     Prompt Tuning's and SPoT's, as google-research/prompt-tuning configures T5X's Adafactor
+                  (configs/models/t5_1_1_prompt.gin): factored second moments, decay 0.8, update clipping at 1.0,
+                  no momentum, no parameter scaling (a prompt has no meaningful scale to follow), weight decay
+                  1e-5 (param <- (1 - 1e-5) param - update, not scaled by the learning rate, as in T5X).
+    adafactor_t5  T5's fine-tuning Adafactor (T5X's defaults): the same, with updates scaled by each parameter
+                  block's RMS (at least 1e-3) and no weight decay.
     """
     schedule = learning_rate_schedule(learning_rate, warmup_steps)
     if name == "adam":
         return optax.adam(schedule)
-    if name == "adafactor":
+    if name in ("adafactor", "adafactor_t5"):
+        prompt_tuning = name == "adafactor"
         return optax.adafactor(
-            schedule, decay_rate=0.8, clipping_threshold=1.0, momentum=None, multiply_by_parameter_scale=False
+            schedule,
+            decay_rate=0.8,
+            clipping_threshold=1.0,
+            momentum=None,
+            multiply_by_parameter_scale=not prompt_tuning,
+            weight_decay_rate=1e-5 if prompt_tuning else None,
         )
-    raise ValueError(f"unknown optimizer {name!r}; choose adam or adafactor")
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +121,10 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
             model = nnx.merge(graphdef, trainable, frozen)
             # Rngs are stateful, so they are made inside the differentiated function's trace.
             out = model(batch, rngs=nnx.Rngs(dropout=key))
-            return out["loss"], out
+            # Eq. 5 adds the codebook term while the codebook trains (source stage). Frozen (target stage,
+            # Eq. 3), it has no gradient to give, so the objective, and the logged loss, is the LM loss alone.
+            loss = out["lm_loss"] + out["codebook_loss"] if "codebook" in trainable else out["lm_loss"]
+            return loss, {**out, "loss": loss}
 
         grads, out = jax.grad(loss_fn, has_aux=True)(state["trainable"])
         updates, opt_state = optimizer.update(grads, state["opt"], state["trainable"])

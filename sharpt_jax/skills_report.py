@@ -277,7 +277,8 @@ def skill_heatmap(labels: list[str], counts: list, title: str, out: Path) -> Non
 
 def plot_task_relations(codebook: dict, out: Path) -> None:
     names, similarity = task_similarity(codebook)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(names), 1.0 + 0.45 * len(names)))
+    # At least wide enough for the title.
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.5 + 0.5 * len(names)), max(3.0, 1.0 + 0.45 * len(names))))
     image = ax.imshow(similarity, cmap="magma", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right")
     ax.set_yticks(range(len(names)), names)

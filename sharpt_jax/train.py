@@ -148,7 +148,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             )
         if eval_now:
             model = nnx.merge(graphdef, state["trainable"], frozen)
-            scores, _ = evaluate.score_tasks(model, eval_tasks, "validation", config, mesh)
+            scores, _, _ = evaluate.score_tasks(model, eval_tasks, "validation", config, mesh)
             last.update({f"eval/validation/{name}": value for name, value in scores.items()})
         metrics_file.write(last)
         if writer is not None:

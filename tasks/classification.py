@@ -1,6 +1,7 @@
 """Sentence and document classification and similarity outside GLUE: docnli, yelp_polarity, cr, cxc.
 
-- docnli (TFDS doc_nli:1.0.0): "doc_nli hypothesis: .. premise: .." -> not_entailment / entailment;
+- docnli (TFDS doc_nli:1.0.0): "doc_nli hypothesis: .. premise: .." -> not_entailment / entailment, with
+  every whitespace run of the inputs turned into one space (SPoT's text classification format);
 - yelp_polarity (yelp_polarity_reviews:0.2.0, splits train and test): "yelp_polarity_reviews text: .." ->
   negative / positive. With no validation split, its official test split is the held-out split;
 - cr (SentEval customer reviews, only from the data folder: {"sentence", "label"}, splits train and test):
@@ -23,15 +24,16 @@ _LABEL = tf.TensorSpec([], tf.int64)
 
 
 def _register() -> None:
-    def classification(raw: RawData, benchmark: str, keys: tuple[str, ...]) -> None:
-        registry.add_task(
-            raw, "classification", preprocessors.key_value(benchmark, keys, registry.label_names(raw.name))
-        )
+    def classification(raw: RawData, benchmark: str, keys: tuple[str, ...], collapse_whitespace=False) -> None:
+        label_names = registry.label_names(raw.name)
+        format_fn = preprocessors.key_value(benchmark, keys, label_names, collapse_whitespace=collapse_whitespace)
+        registry.add_task(raw, "classification", format_fn)
 
     classification(
         RawData("docnli", {"hypothesis": _TEXT, "premise": _TEXT, "label": _LABEL}, tfds_names=("doc_nli:1.0.0",)),
         "doc_nli",
         ("hypothesis", "premise"),
+        collapse_whitespace=True,  # SPoT's format joins with T5's whitespace-collapsing `_string_join`.
     )
     classification(
         RawData(

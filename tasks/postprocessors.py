@@ -65,10 +65,11 @@ def _field(example, key: str):
 def class_id(output, example=None, is_target=False, *, label_names: Sequence[str]) -> int:
     """Returns the index of the label string in `label_names`, or -1 (counted wrong) when it is none of them.
 
-    Bind `label_names` with functools.partial. Surrounding whitespace is ignored.
+    Bind `label_names` with functools.partial. Only the exact string counts, as in T5's
+    `string_label_to_class_id`: " True" and "true" are invalid.
     """
     del example, is_target
-    text = as_text(output).strip()
+    text = as_text(output)
     return label_names.index(text) if text in label_names else INVALID
 
 
@@ -106,25 +107,30 @@ def multirc(output, example=None, is_target=False) -> dict:
     return {"group": int(_field(example, "group")), "value": class_id(output, label_names=("False", "True"))}
 
 
-def _clean_referent(text: str) -> list[str]:
-    return [w for w in text.strip().lower().split() if w not in _DETERMINERS]
+def _clean_referent(text: str) -> str:
+    """Lower-cased, stripped, words split on single spaces, determiners dropped, joined on spaces again.
+
+    As T5's `wsc_simple`: only " " separates words, so a tab or a newline inside the text stays part of a word
+    and a run of spaces leaves empty words.
+    """
+    return " ".join(w for w in text.strip().lower().split(" ") if w not in _DETERMINERS)
 
 
 def wsc_simple(output, example=None, is_target=False) -> int:
     """WSC: the target is the example's label (1 if span1 is the pronoun's referent); a prediction becomes 1
-    if the predicted words name span1 (`targets_pretokenized`), else 0.
+    if the predicted words name span1 (`targets_pretokenized`), 0 if not, and -1 (wrong whatever the label)
+    when nothing is left of it after cleaning (empty, blank or only determiners).
 
     T5's rules: case and determiners are ignored; a possessive on one side only ("Bob" vs "Bob's hat") is a
-    mismatch; otherwise either word set containing the other is a match ("fuzzy bunny" vs "bunny"). A
-    prediction with no word left after cleaning never matches.
+    mismatch; otherwise either word set containing the other is a match ("fuzzy bunny" vs "bunny").
     """
     if is_target:
         return int(_field(example, "label"))
-    referent = _clean_referent(as_text(_field(example, "targets_pretokenized")))
     prediction = _clean_referent(as_text(output))
     if not prediction:
+        return INVALID
+    referent = _clean_referent(as_text(_field(example, "targets_pretokenized")))
+    if ("'" in prediction) != ("'" in referent):
         return 0
-    if any("'" in w for w in prediction) != any("'" in w for w in referent):
-        return 0
-    predicted, true = set(prediction), set(referent)
+    predicted, true = set(prediction.split(" ")), set(referent.split(" "))
     return int(predicted <= true or true <= predicted)

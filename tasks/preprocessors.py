@@ -6,7 +6,9 @@ Every format turns raw rows into {"inputs": str, "targets": str} plus the fields
   format names them;
 - a class label becomes its label name, a hidden label (-1) the target "<unk>";
 - a similarity score becomes round(score * 5) / 5 written with one decimal ("3.4"), as T5 does for STS-B;
-- SQuAD pads punctuation with spaces and collapses whitespace.
+- SQuAD pads ASCII punctuation with spaces and collapses whitespace; SPoT's own formats (DocNLI, SQuAD)
+  join their parts with whitespace collapsed.
+tests/test_t5_reference.py checks these against the output of the official functions.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -52,18 +54,21 @@ def class_target(label: tf.Tensor, label_names: Sequence[str]) -> tf.Tensor:
 
 
 def score_target(score: tf.Tensor) -> tf.Tensor:
-    """round(score * 5) / 5 with one decimal ("3.4"), or "<unk>" when the score is hidden (-1)."""
-    score = tf.cast(score, tf.float32)
-    return tf.cond(
-        tf.equal(score, -1.0),
-        lambda: tf.constant(UNKNOWN),
-        lambda: tf.strings.as_string(tf.round(score * 5) / 5, precision=1),
-    )
+    """round(score * 5) / 5 with one decimal ("3.4"), as T5's STS-B format.
+
+    A hidden score (-1) becomes "-1.0", as in T5, not "<unk>": the postprocessor reads it back as -1, which
+    the metrics drop like any hidden label.
+    """
+    return tf.strings.as_string(tf.round(tf.cast(score, tf.float32) * 5) / 5, precision=1)
 
 
 def pad_punctuation(text: tf.Tensor) -> tf.Tensor:
-    """Spaces around every non-word character, whitespace runs collapsed (T5's `_pad_punctuation`)."""
-    text = tf.strings.regex_replace(text, r"(\W)", r" \1 ")
+    """Spaces around every ASCII punctuation character, whitespace runs collapsed (T5's `_pad_punctuation`).
+
+    RE2's [[:punct:]] is ASCII only: "_" is padded, while non-ASCII letters ("é") and punctuation ("“", "—")
+    stay attached to their word. RE2's \\s is ASCII whitespace too, so a no-break space is kept.
+    """
+    text = tf.strings.regex_replace(text, r"([[:punct:]])", r" \1 ")
     return tf.strings.regex_replace(text, r"\s+", " ")
 
 
@@ -73,7 +78,11 @@ def join_collapsed(parts: Sequence) -> tf.Tensor:
 
 
 def key_value(
-    benchmark: str, keys: Sequence[str], label_names: Sequence[str] | None = None, score_key: str | None = None
+    benchmark: str,
+    keys: Sequence[str],
+    label_names: Sequence[str] | None = None,
+    score_key: str | None = None,
+    collapse_whitespace: bool = False,
 ) -> Format:
     """The format of GLUE-style classification and similarity tasks.
 
@@ -82,6 +91,8 @@ def key_value(
       keys: the raw text fields, in the order they appear (alphabetical unless the task names an order).
       label_names: class names in class-id order: the target is the name of `label`, and `label` is kept.
       score_key: for similarity tasks, the float field whose rounded value is the target (no `label`).
+      collapse_whitespace: turn every whitespace run of the inputs into one space, as SPoT's text
+        classification format does (T5's GLUE format keeps the text as it is).
 
     Returns:
       A dataset function: rows -> {"inputs", "targets"} (+ "label": int64 for classification).
@@ -91,7 +102,8 @@ def key_value(
 
     @seqio.map_over_dataset
     def fn(ex: Example) -> dict:
-        out = {"inputs": join_fields(benchmark, [(k, ex[k]) for k in keys])}
+        inputs = join_fields(benchmark, [(k, ex[k]) for k in keys])
+        out = {"inputs": join_collapsed([inputs]) if collapse_whitespace else inputs}
         if label_names is None:
             out["targets"] = score_target(ex[score_key])
         else:

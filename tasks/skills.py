@@ -39,6 +39,8 @@ from tasks import features, registry
 from tasks.metrics import TaskEval
 
 WORLD_SEED = 2026
+# What every results file records as the split protocol (sharpt_jax.evaluate.scoring_protocol).
+SPLIT_PROTOCOL = f"skills world (seed {WORLD_SEED}): generated train, validation 100, test 200"
 CATEGORIES = {
     "animal": "cat dog horse cow pig sheep goat lion tiger bear wolf fox deer mouse rabbit duck",
     "color": "red blue green yellow black white brown pink purple orange gray silver gold violet crimson amber",

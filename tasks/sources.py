@@ -40,6 +40,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 SEED = 42
+# What every results file records as the split protocol (sharpt_jax.evaluate.scoring_protocol).
+SPLIT_PROTOCOL = (
+    f"ATTEMPT/DePT/Compacter (seed {SEED}): under 10K train rows, the official validation split halved into "
+    "validation and test; otherwise 1K train rows as validation and the official validation split as test"
+)
 SMALL_TRAIN = 10_000  # Below this many training rows, the official held-out split is halved.
 VALIDATION_FROM_TRAIN = 1_000
 SPLITS = ("train", "validation", "test")

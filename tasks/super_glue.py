@@ -77,13 +77,29 @@ def record(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.map(examples, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
 
+# The one WSC text (super_glue/wsc.fixed) whose marked form T5 writes by hand, in its `_wsc_inputs`, with
+# other spacing than the text's own: its pronoun is the word 'him,"', which T5 writes 'him ,"', and T5 drops
+# the text's trailing space. Looked up so the inputs are T5's exactly. (The other text T5 writes by hand,
+# "... might want to use it , but ...", comes out the same from the rule of `mark_pronoun`.)
+_T5_MARKED_TEXTS = {
+    (
+        "The boy continued to whip the pony , and eventually the pony threw him over. John laughed out quite loud. "
+        '"Good for him," he said. '
+    ): (
+        "The boy continued to whip the pony , and eventually the pony threw him over. John laughed out quite loud. "
+        '"Good for *him* ," he said.'
+    ),
+}
+
+
 def mark_pronoun(text: tf.Tensor, pronoun: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
     """Marks the pronoun of a WSC text as *pronoun* (T5's wsc_simple inputs).
 
     The text is split on single spaces (so it is rebuilt exactly) and the marked word is the one at `index`,
-    the pronoun's word index. T5 special-cases two rows of the data where that word is not the pronoun
-    itself; here the nearest word equal to the pronoun once the punctuation at its ends is set aside is
-    marked instead ("him,\\"" -> "*him*,\\"", "use it" -> "use *it*"), and the word at `index` when none is.
+    the pronoun's word index. Where that word is not the pronoun (T5 fails an assertion there, except in the
+    two rows of the data it writes by hand), the nearest word equal to the pronoun once the punctuation at its
+    ends is set aside is marked instead ("use it" -> "use *it*"), and the word at `index` when none is. The
+    row of `_T5_MARKED_TEXTS` gets T5's hand-written text.
 
     Args:
       text: [] the WSC text.
@@ -103,8 +119,10 @@ def mark_pronoun(text: tf.Tensor, pronoun: tf.Tensor, index: tf.Tensor) -> tf.Te
         lambda: tf.clip_by_value(index, 0, tf.size(words) - 1),
     )
     marked = tf.strings.regex_replace(words[index], r"^(\W*)(.*?)(\W*)$", r"\1*\2*\3")
-    words = tf.tensor_scatter_nd_update(words, [[index]], [marked])
-    return tf.strings.reduce_join(words, separator=" ")
+    marked_text = tf.strings.reduce_join(tf.tensor_scatter_nd_update(words, [[index]], [marked]), separator=" ")
+    for t5_text, t5_marked in _T5_MARKED_TEXTS.items():
+        marked_text = tf.where(tf.equal(text, t5_text), t5_marked, marked_text)
+    return marked_text
 
 
 def wsc(dataset: tf.data.Dataset) -> tf.data.Dataset:

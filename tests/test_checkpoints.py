@@ -89,6 +89,7 @@ def test_restore_onto_mesh_shardings(state, tmp_path):
 
 
 def test_steps_are_listed_and_all_kept(state, tmp_path):
+    """Every step keeps its parameters; only the latest keeps the optimizer state (a resume needs no other)."""
     ckpts = checkpoints.Checkpoints(tmp_path)
     assert ckpts.all_steps() == [] and ckpts.latest_step() is None
     for step in (500, 1000, 1500):
@@ -98,6 +99,14 @@ def test_steps_are_listed_and_all_kept(state, tmp_path):
     assert [again.metadata(s)["step"] for s in again.all_steps()] == [500, 1000, 1500]
     with pytest.raises(FileNotFoundError, match="no checkpoint of step 7"):
         again.restore(7, state)
+    abstract = jax.eval_shape(lambda: state)
+    for step in (500, 1000):
+        _assert_identical(again.restore_params(step, abstract["trainable"]), state["trainable"])
+        assert not (tmp_path / "checkpoints" / str(step) / checkpoints.RESUME).exists()
+        with pytest.raises(FileNotFoundError, match="keeps only its parameters.*latest checkpoint, 1500"):
+            again.restore(step, abstract)
+    restored, _ = again.restore(1500, abstract)
+    _assert_identical(restored, state)
 
 
 CRASH = """
@@ -110,9 +119,9 @@ async def crash(*args, **kwargs):
     os._exit(3)  # Dies like a killed process: no exception handling, no clean-up.
 
 ckpts = checkpoints.Checkpoints(sys.argv[1])
-ckpts.save(500, {"w": jnp.arange(6.0), "step": jnp.int32(500)}, {"step": 500})
+ckpts.save(500, {"trainable": {"w": jnp.arange(6.0)}, "step": jnp.int32(500)}, {"step": 500})
 ocp.JsonCheckpointHandler.async_save = crash
-ckpts.save(1000, {"w": jnp.arange(6.0) + 1, "step": jnp.int32(1000)}, {"step": 1000})
+ckpts.save(1000, {"trainable": {"w": jnp.arange(6.0) + 1}, "step": jnp.int32(1000)}, {"step": 1000})
 """
 
 
@@ -128,7 +137,7 @@ def test_crash_mid_save_leaves_earlier_checkpoints(tmp_path):
     assert "1000" not in folders and any(name.startswith("1000.") for name in folders)
     restarted = checkpoints.Checkpoints(tmp_path)
     assert restarted.all_steps() == [500] and restarted.latest_step() == 500
-    state = {"w": jnp.arange(6.0), "step": jnp.int32(500)}
+    state = {"trainable": {"w": jnp.arange(6.0)}, "step": jnp.int32(500)}
     restored, metadata = restarted.restore(500, jax.eval_shape(lambda: state))
     _assert_identical(restored, state)
     assert metadata == {"step": 500}

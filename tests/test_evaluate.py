@@ -95,7 +95,7 @@ def padded(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(ids), torch.tensor(ids != 0, dtype=torch.long)
 
 
-def score(model, task, split="validation", batch_size=BATCH, mesh=None):
+def score(model, task, split="validation", batch_size=BATCH, mesh=None, scoring="rank_classification"):
     return evaluate.score_split(
         model,
         task,
@@ -104,6 +104,7 @@ def score(model, task, split="validation", batch_size=BATCH, mesh=None):
         batch_size=batch_size,
         max_decode_len=MAX_DECODE_LEN,
         mesh=mesh,
+        scoring=scoring,
     )
 
 
@@ -128,13 +129,11 @@ def test_label_candidates_are_the_training_targets(sp):
         evaluate.label_candidates(vocabulary, label_names, 1)
 
 
-def test_rank_classification_matches_hf(sp, mesh, hf_t5):
-    """Prompt tuning on RACE (4 labels; 24 examples in batches of 16, the second half padding): each (example,
-    label) summed log-likelihood equals Hugging Face's with the prompt prepended to `inputs_embeds`, and the
-    predictions are Hugging Face's best labels."""
-    ref, folder = hf_t5
+@pytest.fixture(scope="module")
+def prompt_tuning_model(mesh, hf_t5):
+    """PromptTuning over the tiny Hugging Face T5, sharded on the mesh."""
     model = SharPT(
-        hf.load_t5(folder),
+        hf.load_t5(hf_t5[1]),
         None,
         method="prompt_tuning",
         prompt_length=PROMPT_LEN,
@@ -142,7 +141,15 @@ def test_rank_classification_matches_hf(sp, mesh, hf_t5):
         beta=0.0,
         rngs=nnx.Rngs(1),
     )
-    model = sharded(model, mesh)
+    return sharded(model, mesh)
+
+
+def test_rank_classification_matches_hf(sp, mesh, hf_t5, prompt_tuning_model):
+    """Prompt tuning on RACE (4 labels; 24 examples in batches of 16, the second half padding): each (example,
+    label) summed log-likelihood equals Hugging Face's with the prompt prepended to `inputs_embeds`, and the
+    predictions are Hugging Face's best labels."""
+    ref, _ = hf_t5
+    model = prompt_tuning_model
     label_names = TASK_EVAL["race"].label_names
     vocabulary = seqio.get_mixture_or_task("sharpt_race").output_features["targets"].vocabulary
     tokens, weights = evaluate.label_candidates(vocabulary, label_names, LENGTHS["targets"])
@@ -176,6 +183,42 @@ def test_rank_classification_matches_hf(sp, mesh, hf_t5):
     assert result.skills is None and result.num_examples == len(exs) == 24
     targets = np.array([int(ex["label"]) for ex in exs])
     assert result.metrics == {"accuracy": 100 * np.mean(targets == best)}
+
+
+def test_decoding_is_the_default_and_invalid_strings_are_wrong(sp, mesh, hf_t5, prompt_tuning_model):
+    """The default scoring decodes RACE greedily as Hugging Face's `generate` does from the same prompt; a text
+    that is none of the labels ("A".."D") becomes -1 and counts as wrong."""
+    ref, _ = hf_t5
+    model = prompt_tuning_model
+    result = evaluate.score_split(
+        model,
+        "sharpt_race",
+        "validation",
+        sequence_length=LENGTHS,
+        batch_size=16,
+        max_decode_len=MAX_DECODE_LEN,
+        mesh=mesh,
+    )
+    exs = result.examples
+    input_ids, mask = padded([ex["inputs"] for ex in exs])
+    prompt = torch.tensor(np.asarray(model.prompt[...])).expand(len(exs), -1, -1)
+    mask = torch.cat([torch.ones(len(exs), PROMPT_LEN, dtype=torch.long), mask], dim=1)
+    with torch.no_grad():
+        generated = ref.generate(
+            inputs_embeds=torch.cat([prompt, ref.shared(input_ids)], dim=1),
+            attention_mask=mask,
+            max_new_tokens=MAX_DECODE_LEN,
+            do_sample=False,
+            num_beams=1,
+        )
+    expected = [sp.decode([t for t in row[1:].tolist()[: (row[1:].tolist() + [1]).index(1)]]) for row in generated]
+    assert result.texts == expected
+    label_names = TASK_EVAL["race"].label_names
+    predictions = [label_names.index(t) if t in label_names else -1 for t in expected]
+    assert result.predictions == predictions
+    assert -1 in predictions  # The premise: a random T5 writes strings that are not labels.
+    targets = np.array([int(ex["label"]) for ex in exs])
+    assert result.metrics == {"accuracy": 100 * np.mean(targets == np.array(predictions))}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def _random_labels(seed, n, num_classes, invalid_share=0.0):
 def test_postprocessors_accept_str_and_bytes(convert):
     labels = ("entailment", "not_entailment")
     assert pp.class_id(convert("not_entailment"), label_names=labels) == 1
-    assert pp.class_id(convert(" entailment\n"), label_names=labels) == 0
+    assert pp.class_id(convert(" entailment\n"), label_names=labels) == -1  # exact strings only, as T5
     assert pp.class_id(convert("Entailment"), label_names=labels) == -1
     assert pp.number(convert("3.4")) == 3.4
     example = {
@@ -73,8 +73,9 @@ def test_postprocessors_that_need_the_example_say_so():
         ("Bob's hat", "Bob's hat", 1),
         ("dog", "cat", 0),
         ("big dog", "small dog", 0),  # neither word set contains the other
-        ("the", "the cat", 0),  # nothing left after cleaning never matches
-        ("", "cat", 0),
+        ("the", "the cat", -1),  # nothing left after cleaning: -1, wrong whatever the label (as T5)
+        ("", "cat", -1),
+        ("the\tcat", "cat", 0),  # words are split on " " only, as T5 does
     ],
 )
 def test_wsc_simple_rules(prediction, referent, expected):

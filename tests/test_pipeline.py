@@ -4,9 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import seqio
 from tiny_run import make_assets, tiny_config
 
-from sharpt_jax import checkpoints, demo, evaluate
+from sharpt_jax import build, checkpoints, demo, evaluate
+from tasks import sources
 
 
 @pytest.fixture(scope="module")
@@ -24,42 +26,64 @@ def test_results_files(pipeline):
     config, workdir, _ = pipeline
     for stage, tasks, steps in (("source", ("sst2", "rte"), ["8"]), ("cb", ("cb",), ["4", "8"])):
         results = json.loads((workdir / stage / "eval" / "results.json").read_text())
-        assert sorted(results, key=int) == steps  # Every checkpoint, keyed by step (the source saves its last).
-        for step in results.values():
-            assert set(step) == {"validation", "test"}
-            for split in step.values():
+        assert results["protocol"] == {"scoring": "decode", "split_protocol": sources.SPLIT_PROTOCOL}
+        by_step = {k: v for k, v in results.items() if k != "protocol"}
+        assert sorted(by_step, key=int) == steps  # Every checkpoint, keyed by step (the source saves its last).
+        best = json.loads((workdir / stage / "eval" / "best.json").read_text())
+        for step, splits in by_step.items():
+            # Test only at the best validation step.
+            assert set(splits) == ({"validation", "test"} if int(step) == best["step"] else {"validation"})
+            for split in splits.values():
                 if len(tasks) == 1:
                     assert {"macro_f1", "accuracy"} <= set(split)  # cb: mean class F1 and accuracy.
                 else:
                     assert {f"{t}/accuracy" for t in tasks} <= set(split)
                 metrics = [v for k, v in split.items() if k != "score"]
                 assert all(0.0 <= v <= 100.0 for v in metrics)
-        best = json.loads((workdir / stage / "eval" / "best.json").read_text())
-        scores = {int(s): r["validation"]["score"] for s, r in results.items()}
+        scores = {int(s): r["validation"]["score"] for s, r in by_step.items()}
         assert best["step"] == max(sorted(scores), key=lambda s: scores[s])
-        assert best["validation"] == results[str(best["step"])]["validation"]
-        assert best["test"] == results[str(best["step"])]["test"]
+        assert best["validation"] == by_step[str(best["step"])]["validation"]
+        assert best["test"] == by_step[str(best["step"])]["test"]
+        assert best["protocol"] == results["protocol"]
         skills = json.loads((workdir / stage / "eval" / "skills.json").read_text())
         counts = skills[str(best["step"])]["test"]
         assert sorted(counts) == sorted(tasks)
         assert all(len(c) == config.num_skills for c in counts.values())
         assert (workdir / stage / "metrics.jsonl").exists()
+        for split in ("validation", "test"):
+            lines = (workdir / stage / "eval" / "predictions" / str(best["step"]) / f"{split}.jsonl").read_text()
+            rows = [json.loads(line) for line in lines.splitlines()]
+            assert {r["task"] for r in rows} == set(tasks)
+            assert all(set(r) == {"task", "inputs", "target", "prediction", "skill"} for r in rows)
+            for task in tasks:
+                mine = [r for r in rows if r["task"] == task]
+                expected = [ex["inputs_pretokenized"].decode() for ex in _examples(task, split)]
+                assert [r["inputs"] for r in mine] == expected
+                if split == "test":
+                    assert len(mine) == sum(counts[task])
     assert checkpoints.Checkpoints(workdir / "cb").metadata(8)["source"]["step"] == 8
+
+
+def _examples(task: str, split: str) -> list[dict]:
+    ds = seqio.get_mixture_or_task("sharpt_" + task).get_dataset(None, split=split, shuffle=False, num_epochs=1)
+    return list(ds.as_numpy_iterator())
 
 
 def test_validation_during_training_equals_the_eval_mode(pipeline):
     _, workdir, _ = pipeline
     for stage in ("source", "cb"):
         last = json.loads((workdir / stage / "metrics.jsonl").read_text().splitlines()[-1])
-        validation = json.loads((workdir / stage / "eval" / "results.json").read_text())["8"]["validation"]
+        results = json.loads((workdir / stage / "eval" / "results.json").read_text())
+        validation = results["8"]["validation"]
         assert last["step"] == 8 and "loss" in last
         assert {k.removeprefix("eval/validation/"): v for k, v in last.items() if k.startswith("eval/")} == validation
 
 
 def test_cb_score_is_the_mean_of_its_metrics(pipeline):
     _, workdir, _ = pipeline
-    for step in json.loads((workdir / "cb" / "eval" / "results.json").read_text()).values():
-        split = step["test"]
+    results = json.loads((workdir / "cb" / "eval" / "results.json").read_text())
+    for step in (v for k, v in results.items() if k != "protocol"):
+        split = step["validation"]
         assert split["score"] == pytest.approx(np.mean([split["macro_f1"], split["accuracy"]]))
 
 
@@ -74,17 +98,26 @@ def test_eval_mode_twice_scores_nothing_twice(pipeline, monkeypatch):
     config, workdir, _ = pipeline
     calls = []
     real = evaluate.score_split
-    monkeypatch.setattr(evaluate, "score_split", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    monkeypatch.setattr(evaluate, "score_split", lambda *a, **k: calls.append((a[1], a[2])) or real(*a, **k))
     stage = demo.stage_config(config, "target", "cb", 8, workdir / "source")
     before = (workdir / "cb" / "eval" / "results.json").read_text()
     best = evaluate.evaluate_checkpoints(stage, workdir / "cb")
     assert calls == []
     assert (workdir / "cb" / "eval" / "results.json").read_text() == before
     assert best == json.loads((workdir / "cb" / "eval" / "best.json").read_text())
-    # A checkpoint added later is the only one scored.
+    # A checkpoint added later is the only one scored, on validation only.
     results = json.loads(before)
-    del results["4"]
+    other = "4" if best["step"] == 8 else "8"
+    del results[other]
     (workdir / "cb" / "eval" / "results.json").write_text(json.dumps(results))
     evaluate.evaluate_checkpoints(stage, workdir / "cb")
-    assert calls == ["sharpt_cb", "sharpt_cb"]  # validation and test of step 4 only.
+    assert calls == [("sharpt_cb", "validation")]
     assert json.loads((workdir / "cb" / "eval" / "results.json").read_text()) == json.loads(before)
+
+
+def test_another_protocol_is_refused(pipeline):
+    config, workdir, _ = pipeline
+    stage = demo.stage_config(config, "target", "cb", 8, workdir / "source")
+    stage.eval.scoring = "rank_classification"
+    with pytest.raises(build.ConfigError, match="made with .*'scoring': 'decode'.* uses .*rank_classification"):
+        evaluate.evaluate_checkpoints(stage, workdir / "cb")

@@ -181,6 +181,42 @@ def test_target_stage_has_no_codebook_among_trainable_parameters():
     assert set(trainable.keys()) == {"generator"}
 
 
+@pytest.mark.parametrize("name", ["adafactor", "adafactor_t5"])
+def test_adafactor_first_step_matches_t5x_by_hand(name):
+    """One step on a [128, 256] matrix (factored: both dims reach 128), written out from T5X's Adafactor: the
+    first step's second moments are the row and column means of g^2 + 1e-30, y = g / sqrt(v_row / mean(v_row)
+    * v_col), clipped to RMS 1; the step is lr * y, times the parameter's RMS for T5's fine-tuning, and prompt
+    tuning's weight decay takes 1e-5 of the parameter (not scaled by the learning rate)."""
+    rng = np.random.default_rng(0)
+    param, grad = 3.0 * rng.normal(size=(128, 256)), rng.normal(size=(128, 256))
+    tx = optim.make_optimizer(name, 0.3, warmup_steps=0)
+    updates, _ = tx.update(
+        jnp.asarray(grad, jnp.float32), tx.init(jnp.asarray(param, jnp.float32)), jnp.asarray(param, jnp.float32)
+    )
+    g2 = grad**2 + 1e-30
+    v_row, v_col = g2.mean(axis=1), g2.mean(axis=0)
+    y = grad / np.sqrt((v_row / v_row.mean())[:, None] * v_col[None, :])
+    y /= max(1.0, np.sqrt(np.mean(y**2)))
+    if name == "adafactor":
+        expected = -0.3 * y - 1e-5 * param
+    else:
+        expected = -0.3 * np.sqrt(np.mean(param**2)) * y
+    np.testing.assert_allclose(np.asarray(updates), expected, rtol=2e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("stage", ["source", "target"])
+def test_loss_is_eq5_while_the_codebook_trains_and_the_lm_loss_once_frozen(stage):
+    """Source stage: loss = LM loss + codebook term (Eq. 5). Target stage: the codebook is frozen, so the
+    objective and the logged loss are the LM loss (Eq. 3), while the codebook distance is still reported."""
+    graphdef, trainable, frozen = optim.split_model(make_model("sharpt", beta=0.5), "sharpt", stage)
+    tx = optim.make_optimizer("adam", 1e-2, warmup_steps=0)
+    step = jax.jit(optim.make_train_step(graphdef, tx, optim.learning_rate_schedule(1e-2, 0)))
+    _, metrics = step(optim.init_train_state(trainable, tx), frozen, make_batch(), jax.random.key(0, impl="rbg"))
+    assert float(metrics["codebook_loss"]) > 0
+    expected = metrics["lm_loss"] + metrics["codebook_loss"] if stage == "source" else metrics["lm_loss"]
+    assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-6)
+
+
 @pytest.mark.parametrize(
     "method,stage,trained",
     [

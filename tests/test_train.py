@@ -15,6 +15,8 @@ import pytest
 from flax import nnx
 from tiny_run import cli_overrides, make_assets, tiny_config
 
+from configs import source_mix as source_config
+from configs import target as target_config
 from sharpt_jax import build, checkpoints, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,11 +52,17 @@ def run_cli(config, workdir: Path, devices: int = 8, wait: bool = True):
 
 
 def saved_state(workdir: Path, step: int) -> dict:
-    """The checkpoint's arrays as a flat {path: numpy array} (restored without a target structure)."""
+    """The checkpoint's arrays (parameters, and the resume state where kept) as a flat {path: numpy array},
+    restored without a target structure."""
     import orbax.checkpoint as ocp
 
-    restored = ocp.PyTreeCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
-    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(restored)}
+    flat = {}
+    for item in (checkpoints.PARAMS, checkpoints.RESUME):
+        if (folder := workdir / "checkpoints" / str(step) / item).exists():
+            restored = ocp.PyTreeCheckpointer().restore(folder)
+            leaves = jax.tree_util.tree_leaves_with_path(restored)
+            flat.update({item + jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})
+    return flat
 
 
 def test_run_writes_metrics_checkpoints_and_tensorboard(assets, source_run):
@@ -80,6 +88,9 @@ def test_run_writes_metrics_checkpoints_and_tensorboard(assets, source_run):
     paths = saved_state(workdir, 10)
     assert any("codebook" in p for p in paths) and any("generator" in p for p in paths)
     assert not any("t5" in p or "instance_encoder" in p for p in paths)
+    # Adam's moments are kept in the latest checkpoint only (a resume reads no other).
+    assert any(p.startswith(checkpoints.RESUME) and "mu" in p for p in paths)
+    assert not any(p.startswith(checkpoints.RESUME) for p in saved_state(workdir, 8))
 
 
 def test_sigkill_and_restart_end_bit_identical(source_run, tmp_path):
@@ -133,13 +144,13 @@ def test_target_starts_from_the_source_codebook_and_generator(assets, source_run
     saved = saved_state(source, 10)
     restored = {"codebook": model.codebook, "generator": model.generator}
     for path, value in nnx.to_flat_state(nnx.state(restored)):
-        key = "['trainable']" + "".join(f"['{p}']" for p in path) + "['value']"
+        key = checkpoints.PARAMS + "".join(f"['{p}']" for p in path) + "['value']"
         np.testing.assert_array_equal(np.asarray(value[...]), saved[key], err_msg=key)
     # The target run saves only the generator (the codebook is frozen) and records its source.
     train.train(target, tmp_path)
     assert checkpoints.Checkpoints(tmp_path).metadata(4)["source"] == record
-    trained = [p for p in saved_state(tmp_path, 4) if p.startswith("['trainable']")]
-    assert trained and all(p.startswith("['trainable']['generator']") for p in trained)
+    trained = [p for p in saved_state(tmp_path, 4) if p.startswith(checkpoints.PARAMS)]
+    assert trained and all(p.startswith(checkpoints.PARAMS + "['generator']") for p in trained)
 
 
 def test_nan_stops_with_the_last_good_checkpoint_kept(assets, source_run, tmp_path):
@@ -188,6 +199,11 @@ def test_clear_errors(assets, tmp_path):
     assert "set --config.source_checkpoint" in error_of(tiny_config(assets, **target), tmp_path / "e")
     missing = tiny_config(assets, **target, source_checkpoint=str(tmp_path / "none"))
     assert "no checkpoints under" in error_of(missing, tmp_path / "f")
+    bad_scoring = tiny_config(assets)
+    bad_scoring.eval.scoring = "rank"
+    assert "config.eval.scoring='rank' is not one of decode, rank_classification" in error_of(
+        bad_scoring, tmp_path / "h"
+    )
     offline = tiny_config(assets, t5="google/t5-base-lm-adapt")
     assert "huggingface-cli download google/t5-base-lm-adapt" in error_of(offline, tmp_path / "g")
 
@@ -197,3 +213,19 @@ def test_run_py_prints_one_line_errors(assets, tmp_path):
     assert code == 1
     assert err.strip().splitlines()[-1].startswith("error: config.task='nope': unknown task nope")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "method,optimizer,learning_rate,warmup_steps,prompt_length",
+    [
+        ("sharpt", "adam", 0.3, 4000, 64),  # The paper.
+        ("no_latent", "adam", 0.3, 4000, 64),
+        ("prompt_tuning", "adafactor", 0.3, 0, 100),  # Lester et al. / SPoT (google-research/prompt-tuning).
+        ("model_tuning", "adafactor_t5", 1e-3, 0, 64),  # T5X's finetune.gin.
+    ],
+)
+def test_paper_configs_give_each_method_its_recipe(method, optimizer, learning_rate, warmup_steps, prompt_length):
+    for config in (target_config.get_config(f"rte,method={method}"), source_config.get_config(f"method={method}")):
+        got = (config.optimizer, config.learning_rate, config.warmup_steps, config.prompt_length)
+        assert got == (optimizer, learning_rate, warmup_steps, prompt_length)
+        assert (config.batch_size, config.num_train_steps) == (32, 100_000 if config.stage == "target" else 80_000)

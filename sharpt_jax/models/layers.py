@@ -84,8 +84,9 @@ class Embed(nnx.Module):
         return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        """Logits against the table (tied output layer): x [..., features] -> [..., vocab]."""
-        return jnp.dot(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)
+        """Logits against the table (tied output layer): x [..., features] -> float32 [..., vocab]. Computed in
+        float32 whatever the compute dtype: output-layer precision sets the loss's and the scores' resolution."""
+        return jnp.dot(x.astype(jnp.float32), self.embedding[...].astype(jnp.float32).T)
 
 
 class RMSNorm(nnx.Module):

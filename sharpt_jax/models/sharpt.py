@@ -6,8 +6,8 @@ Forward pass (Pang et al., Eq. 1-5), for a batch of B instances:
   e' = tanh(W1 e1 + b1)                              [B, d]
   p_l = W2 (z_l + e') + b2                           [B, L, d]     prompt generator
   logits = T5(prompt ++ embed(inputs), targets)      frozen backbone
-  loss = LM loss + beta * mean_b ||sg(e0) - E_k||_2  (source stage; the codebook term is 0 in the target stage
-                                                      because E is frozen there and gets no gradient)
+  loss = LM loss + beta * mean_b ||sg(e0) - E_k||_2  (Eq. 5, source stage; in the target stage E is frozen and
+                                                      the loss is the LM loss alone, Eq. 3: sharpt_jax.optim)
 
 One `SharPT` module serves every method of the paper's tables, chosen by `method`:
   sharpt         the full method above
@@ -140,8 +140,8 @@ class SharPT(nnx.Module):
     def __call__(self, batch: dict[str, jax.Array], rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
         """Losses of one batch (dropout on when `rngs` is given).
 
-        Returns a dict with `loss` (what the trainer minimises), `lm_loss` (token-mean cross-entropy over
-        decoder_loss_weights), `codebook_loss` (beta * mean ||sg(e0) - E_k||; 0 without a codebook), `logits`
+        Returns a dict with `lm_loss` (token-mean cross-entropy over decoder_loss_weights), `codebook_loss`
+        (beta * mean ||sg(e0) - E_k||; 0 without a codebook; the trainer adds it while the codebook trains), `logits`
         [B, S, vocab] float32 and, for `sharpt`, `skill` [B] and `skill_counts` [K] (how many instances chose
         each skill).
         """
@@ -158,7 +158,7 @@ class SharPT(nnx.Module):
         )
         lm_loss = token_cross_entropy(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
         codebook_loss = self.beta * jnp.mean(aux["codebook_distance"]) if "codebook_distance" in aux else jnp.zeros(())
-        out = {"loss": lm_loss + codebook_loss, "lm_loss": lm_loss, "codebook_loss": codebook_loss}
+        out = {"lm_loss": lm_loss, "codebook_loss": codebook_loss}
         out["logits"] = logits
         if "skill" in aux:
             out["skill"] = aux["skill"]

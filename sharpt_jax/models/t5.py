@@ -307,10 +307,20 @@ class T5(nnx.Module):
         self.shared = layers.Embed(config.vocab_size, config.d_model, **kw)
         self.encoder = Stack(config, decoder=False, **kw)
         self.decoder = Stack(config, decoder=True, **kw)
+        # The output layer computes in float32 whatever the backbone's dtype (as T5X does): bfloat16 logits
+        # would put the LM loss and the rank-classification scores on a grid of 1/128 relative steps.
         self.lm_head = (
             None
             if config.tie_word_embeddings
-            else _dense(config.d_model, config.vocab_size, ("embed", "vocab"), 1.0, **kw)
+            else _dense(
+                config.d_model,
+                config.vocab_size,
+                ("embed", "vocab"),
+                1.0,
+                dtype=jnp.float32,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            )
         )
 
     def embed(self, input_ids: jax.Array) -> jax.Array:
@@ -413,11 +423,11 @@ class T5(nnx.Module):
         return self._logits(x)[:, 0], {**cache, "self": self_caches}
 
     def _logits(self, x: jax.Array) -> jax.Array:
-        """Decoder outputs [B, S, d_model] -> float32 logits [B, S, vocab]."""
+        """Decoder outputs [B, S, d_model] -> float32 logits [B, S, vocab], computed in float32."""
+        x = x.astype(jnp.float32)
         if self.config.scale_decoder_outputs:
             x = x * self.config.d_model**-0.5
-        logits = self.shared.attend(x) if self.lm_head is None else self.lm_head(x)
-        return logits.astype(jnp.float32)
+        return self.shared.attend(x) if self.lm_head is None else self.lm_head(x)
 
 
 def _key_mask(mask: jax.Array) -> jax.Array:
