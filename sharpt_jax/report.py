@@ -21,8 +21,9 @@ tables report one number per task.
 
 Writes to OUT_DIR:
   results.md           one table per (setting, size, protocol): rows by method, columns by task and Avg, cells
-                       "mean +- std (n)" over seeds (sample std; "mean (1)" for one seed); under each row the paper's, where the table is
-                       one of the paper's (T5-base and its tasks). Avg is over seeds that have every column.
+                       "mean +- std (n)" over seeds (sample std; "mean (1)" for one seed); under each row the
+                       paper's, where the table is one of the paper's (T5-base and its tasks). Avg is over seeds
+                       that have every column.
   results.csv          setting,size,protocol,method,task,mean,std,n,paper: one line per cell (task "Avg" too)
   task_relations.png   the paper's Figure 3: cosine similarity between tasks' average one-hot skill choices, on
                        the test split at the best step, for one SharPT source run and the targets trained from it
