@@ -10,6 +10,7 @@ Mistakes in the config or the command line end the run with one line on stderr a
 logs (Orbax, SeqIO, TensorFlow's start-up lines) are off unless asked for with `--verbosity=0` (absl's flag).
 """
 
+import contextlib
 import os
 import sys
 
@@ -25,19 +26,19 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = _CONFIG.value
-    if not flags.FLAGS["verbosity"].present:  # Library logs (Orbax, SeqIO, absl, TensorFlow) only when asked: -v 0.
+    verbose = flags.FLAGS["verbosity"].present  # Library logs (Orbax, SeqIO, absl, TensorFlow) only when asked.
+    if not verbose:
         logging.set_verbosity(logging.WARNING)
-        # TensorFlow's C++ start-up lines (oneDNN, CUDA stubs; some at ERROR level, none about our run): only
-        # read before TensorFlow is first imported, which the imports below do.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's later C++ warnings (read at import).
     # Imported here so that --help and flag errors do not wait for JAX and TensorFlow.
-    import jax
+    with contextlib.nullcontext() if verbose else _native_stderr_off():
+        import jax
 
-    from sharpt_jax import build, data, demo, evaluate, skills, train
+        from sharpt_jax import build, data, demo, evaluate, skills, train
 
+        data.keep_tensorflow_off_accelerators()
     if config.distributed:
         jax.distributed.initialize()  # Before any JAX computation: every host joins the same runtime.
-    data.keep_tensorflow_off_accelerators()
     runs = {"train": train.train, "eval": evaluate.evaluate_checkpoints, "demo": demo.run, "skills": skills.run}
     try:
         if config.mode not in runs:
@@ -45,6 +46,22 @@ def main(argv):
         runs[config.mode](config, _WORKDIR.value)
     except (build.ConfigError, train.TrainingDiverged) as err:
         sys.exit(f"error: {err}")
+
+
+@contextlib.contextmanager
+def _native_stderr_off():
+    """Sends file descriptor 2 to /dev/null: TensorFlow's C++ start-up lines (oneDNN, CUDA stubs, some at ERROR
+    level, none about the run) are written there before any log level applies (TF_CPP_MIN_LOG_LEVEL included).
+    Python's own errors still reach the terminal: an exception propagates after the descriptor is restored."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 if __name__ == "__main__":

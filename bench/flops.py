@@ -17,9 +17,10 @@ With T_e = L + T encoder positions, S decoder positions and P = 4 d h d_kv + (3 
 a prompt method's step is, to leading order,
     forward  2 B [T_e n_enc P + S n_dec (P + 4 d h d_kv) + S d V] + attention
     backward 2 B [T_e n_enc P + S n_dec (P + 4 d h d_kv) + S d V] + attention - (first decoder self-attention)
-plus the SharPT extras: the frozen instance encoder (forward only), the codebook distances 2 B K m (forward
-only; argmin has no gradient) and the generator (W1 [m, d] on B rows, W2 [d, d] on B + L rows: forward, their
-weight gradients, and the activation gradient of W1's input only when the codebook trains).
+plus the SharPT extras: the frozen instance encoder (forward only; none when the batch carries cached
+embeddings), the codebook distances 2 B K m (forward only; argmin has no gradient) and the generator (W1 [m, d]
+on B rows, W2 [d, d] on B + L rows: forward, their weight gradients, and the activation gradient of W1's input
+only when the codebook trains).
 """
 
 import math
@@ -90,7 +91,8 @@ def train_step_flops(t5: T5Config, encoder: BertConfig, point: Point) -> dict[st
     b, d = point.batch, t5.d_model
     trained = point.method == "model_tuning"
     if point.uses_encoder:
-        _bert_forward(tally, encoder, b, point.instance_len)
+        if not point.cached_embeddings:
+            _bert_forward(tally, encoder, b, point.instance_len)
         m, codebook_trained = encoder.hidden_size, point.method == "sharpt" and point.stage == "source"
         if point.method == "sharpt":
             tally.weight(b, m, point.num_skills, False, False)  # distances: feed argmin only

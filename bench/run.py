@@ -3,14 +3,18 @@
     python bench/run.py --quick --json /tmp/bench.json     # small T5 shape, < 3 minutes on 2 CPU cores
     python bench/run.py --dtype bfloat16                    # T5-base shape + BERT-base encoder (accelerators)
     python bench/run.py --batch 8 --input-len 128 --steps 5 # the same shapes, sized for a CPU (47 min on 2 cores)
+    python bench/run.py --batch 8 --input-len 128 --steps 5 --no-scaling --no-eval \
+        --methods sharpt/target,sharpt/target+cache,prompt_tuning/target   # only the SharPT / PromptTuning ratios
 
 Everything runs in one process on one shape, batch and set of lengths, with random weights. Our steps are the
-project's real `optim.make_train_step`, jitted with `donate_argnums=(0,)`; PEFT's is PromptTuningConfig on a
-PyTorch `T5ForConditionalGeneration` of the same shape with the same prompt (encoder input only), Adam and
-learning rate. The four methods and PEFT are compiled first and then timed in turn, one step each, `--steps`
-times (the median reported), so that load changes on a shared machine fall on all of them alike; each point of
-the scaling sweeps, the base point included, is the median of `--steps` consecutive steps of its program alone.
-tokens/s counts input plus target tokens (B * (T + S)).
+project's real `optim.make_train_step`, jitted with `donate_argnums=(0,)`; `sharpt/target+cache` is the SharPT
+target step on batches that carry cached instance embeddings (`config.instance_embedding_cache`: the step never
+runs the encoder). PEFT's is PromptTuningConfig on a PyTorch `T5ForConditionalGeneration` of the same shape with
+the same prompt (encoder input only), Adam and learning rate. The methods (`--methods`: all by default) and PEFT
+are compiled first and then timed in turn, one step each, `--steps` times (the median reported), so that load
+changes on a shared machine fall on all of them alike; each point of the scaling sweeps, the base point included,
+is the median of `--steps` consecutive steps of its program alone. tokens/s counts input plus target tokens
+(B * (T + S)).
 Model FLOPs are counted analytically (`bench/flops.py`, cross-checked against the dot_generals JAX traced);
 MFU divides them by the measured throughput of one large jitted matmul in the same dtype. Markdown tables go
 to stdout, the scaling plot to `--out` (default bench/out), all numbers to `--json`.
@@ -35,9 +39,24 @@ from flax import nnx  # noqa: E402
 
 from bench import flops, shapes  # noqa: E402
 from sharpt_jax import evaluate, optim  # noqa: E402
+from sharpt_jax.models.encoder import BertConfig  # noqa: E402
 
 LEARNING_RATE = 0.3
-METHODS = [("sharpt", "source"), ("sharpt", "target"), ("prompt_tuning", "target"), ("model_tuning", "target")]
+# The programs timed on the base point: name -> the fields of `shapes.Point` that make it.
+METHODS = {
+    "sharpt/source": dict(method="sharpt", stage="source"),
+    "sharpt/target": dict(method="sharpt", stage="target"),
+    "sharpt/target+cache": dict(method="sharpt", stage="target", cached_embeddings=True),
+    "prompt_tuning/target": dict(method="prompt_tuning", stage="target"),
+    "model_tuning/target": dict(method="model_tuning", stage="target"),
+}
+PEFT = "peft"  # The same PromptTuning step in PyTorch with Hugging Face PEFT.
+# Summary ratios of step times over our PromptTuning step's: program -> key.
+OVER_PROMPT_TUNING = {
+    "sharpt/target": "sharpt_over_prompt_tuning",
+    "sharpt/target+cache": "sharpt_cached_over_prompt_tuning",
+    "sharpt/source": "sharpt_source_over_prompt_tuning",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,8 +141,10 @@ def median_seconds(fn, steps: int) -> float:
     return statistics.median(times)
 
 
-def make_batch(point: shapes.Point, vocab_size: int, encoder_vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random token ids in the layout `SharPT` reads (see its docstring); every position is real."""
+def make_batch(point: shapes.Point, vocab_size: int, encoder: BertConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random token ids in the layout `SharPT` reads (see its docstring); every position is real. With
+    `point.cached_embeddings` the instance tokens are replaced by random embeddings [B, m] (what the trainer's
+    cache feeds)."""
     rng = np.random.default_rng(seed)
     b = point.batch
 
@@ -131,15 +152,19 @@ def make_batch(point: shapes.Point, vocab_size: int, encoder_vocab: int, seed: i
         return rng.integers(2, v, (b, n), dtype=np.int32)
 
     targets = ids(point.target_len, vocab_size)
-    return {
+    batch = {
         "encoder_input_tokens": ids(point.input_len, vocab_size),
         "encoder_input_mask": np.ones((b, point.input_len), np.int32),
         "decoder_input_tokens": np.concatenate([np.zeros((b, 1), np.int32), targets[:, :-1]], axis=1),
         "decoder_target_tokens": targets,
         "decoder_loss_weights": np.ones((b, point.target_len), np.int32),
-        "instance_input_tokens": ids(point.instance_len, encoder_vocab),
-        "instance_input_mask": np.ones((b, point.instance_len), np.int32),
     }
+    if point.cached_embeddings:
+        batch["instance_embedding"] = rng.standard_normal((b, encoder.hidden_size), np.float32)
+    else:
+        batch["instance_input_tokens"] = ids(point.instance_len, encoder.vocab_size)
+        batch["instance_input_mask"] = np.ones((b, point.instance_len), np.int32)
+    return batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,10 +193,12 @@ def prepare_train(s: Settings, point: shapes.Point) -> tuple[Callable[[], None],
     optimizer = optim.make_optimizer("adam", LEARNING_RATE, warmup_steps=0)
     step_fn = optim.make_train_step(graphdef, optimizer, optim.learning_rate_schedule(LEARNING_RATE, 0))
     state = optim.init_train_state(trainable, optimizer)
-    batch = jax.tree_util.tree_map(jnp.asarray, make_batch(point, s.t5.vocab_size, s.encoder.vocab_size))
+    batch = jax.tree_util.tree_map(jnp.asarray, make_batch(point, s.t5.vocab_size, s.encoder))
     key = optim.dropout_key(0)
 
     start = time.perf_counter()
+    # As in the trainer, `frozen` holds the instance encoder even when the batch carries cached embeddings; jit
+    # drops arguments that no operation reads (keep_unused=False), so the memory table shows what the step reads.
     traced = jax.jit(step_fn, donate_argnums=(0,)).trace(state, frozen, batch, key)
     compiled = traced.lower().compile()
     compile_s = time.perf_counter() - start
@@ -260,7 +287,7 @@ def prepare_peft(s: Settings, point: shapes.Point) -> tuple[Callable[[], None], 
     model = peft.get_peft_model(model, config)
     model.train()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
-    batch = make_batch(point, c.vocab_size, s.encoder.vocab_size)
+    batch = make_batch(point, c.vocab_size, s.encoder)
     inputs = {
         "input_ids": torch.from_numpy(batch["encoder_input_tokens"]).long(),
         "attention_mask": torch.from_numpy(batch["encoder_input_mask"]).long(),
@@ -289,7 +316,7 @@ def measure_eval(s: Settings, point: shapes.Point, num_labels: int = 4, label_le
     teacher-forced decoder pass over all `num_labels` labels)."""
     model = shapes.build(s.t5, s.encoder, point, s.dtype)
     graphdef, state = nnx.split(model)
-    batch = jax.tree_util.tree_map(jnp.asarray, make_batch(point, s.t5.vocab_size, s.encoder.vocab_size))
+    batch = jax.tree_util.tree_map(jnp.asarray, make_batch(point, s.t5.vocab_size, s.encoder))
     labels = jnp.asarray(np.random.default_rng(1).integers(2, s.t5.vocab_size, (num_labels, label_len)), jnp.int32)
     weights = jnp.ones_like(labels)
     runs = {
@@ -358,7 +385,17 @@ def main():
     )
     parser.add_argument("--batch", type=int, help="base point's batch size (default 8 with --quick, else 32)")
     parser.add_argument("--input-len", type=int, help="base point's input length (default 128 with --quick, else 256)")
+    programs = [*METHODS, PEFT]
+    parser.add_argument(
+        "--methods",
+        default=",".join(programs),
+        help=f"comma-separated programs timed on the base point (default all): {', '.join(programs)}",
+    )
+    parser.add_argument("--no-eval", action="store_true", help="skip the eval-throughput measurement")
     args = parser.parse_args()
+    chosen = args.methods.split(",")
+    if unknown := [name for name in chosen if name not in programs]:
+        parser.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(programs)}")
     s = settings(args.quick, args.dtype, args.steps, not args.no_scaling, args.batch, args.input_len)
     print(f"# devices: {jax.devices()}  T5 {s.t5}\n# encoder {s.encoder}\n# base point {s.base}", flush=True)
 
@@ -368,22 +405,27 @@ def main():
 
     # --- Methods on the base point ------------------------------------------------------------
     # Compiled first, then timed in turn: the ratios are the figures that matter.
-    points = {f"{m}/{st}": dataclasses.replace(s.base, method=m, stage=st) for m, st in METHODS}
+    points = {name: dataclasses.replace(s.base, **fields) for name, fields in METHODS.items() if name in chosen}
     prepared = {name: prepare_train(s, point) for name, point in points.items()}
-    peft_run, peft_info = prepare_peft(s, points["prompt_tuning/target"])
     runs = {name: run for name, (run, _) in prepared.items()}
-    seconds = interleaved_seconds({**runs, "peft": peft_run}, s.steps)
+    prompt_tuning = dataclasses.replace(s.base, **METHODS["prompt_tuning/target"])
+    if PEFT in chosen:
+        runs[PEFT], peft_info = prepare_peft(s, prompt_tuning)
+    seconds = interleaved_seconds(runs, s.steps)
     methods = {name: with_timing(info, points[name], seconds[name], peak) for name, (_, info) in prepared.items()}
-    peft_result = {
-        **peft_info,
-        "step_s": seconds["peft"],
-        "examples_per_s": s.base.batch / seconds["peft"],
-        "tokens_per_s": s.base.batch * (s.base.input_len + s.base.target_len) / seconds["peft"],
-    }
+    peft_result = None
+    if PEFT in chosen:
+        peft_result = {
+            **peft_info,
+            "step_s": seconds[PEFT],
+            "examples_per_s": s.base.batch / seconds[PEFT],
+            "tokens_per_s": s.base.batch * (s.base.input_len + s.base.target_len) / seconds[PEFT],
+        }
     del prepared, runs
     for name, r in methods.items():
         print(f"  {name}: {r['step_s'] * 1e3:.1f} ms (compiled in {r['compile_s']:.0f} s)", flush=True)
-    print(f"  PEFT prompt_tuning: {peft_result['step_s'] * 1e3:.1f} ms", flush=True)
+    if peft_result:
+        print(f"  PEFT prompt_tuning: {peft_result['step_s'] * 1e3:.1f} ms", flush=True)
 
     # Each sweep point, the base point included, is timed alone (consecutive steps of one program): taking turns
     # with four other programs and PyTorch makes every step slower on a CPU, so the base table's times would not
@@ -411,16 +453,20 @@ def main():
         }
 
     # --- Eval ---------------------------------------------------------------------------------
-    evals = {m: measure_eval(s, dataclasses.replace(s.base, method=m)) for m in s.eval_methods}
+    evals = {} if args.no_eval else {m: measure_eval(s, dataclasses.replace(s.base, method=m)) for m in s.eval_methods}
 
     # --- Report -------------------------------------------------------------------------------
-    ours_pt = methods["prompt_tuning/target"]
-    summary = {
-        "sharpt_over_prompt_tuning": methods["sharpt/target"]["step_s"] / ours_pt["step_s"],
-        "sharpt_source_over_prompt_tuning": methods["sharpt/source"]["step_s"] / ours_pt["step_s"],
-        "ours_over_peft": ours_pt["step_s"] / peft_result["step_s"],
-        "mfu": ours_pt["mfu"],
-    }
+    summary = {}  # Each ratio whose two programs ran.
+    if ours_pt := methods.get("prompt_tuning/target"):
+        summary = {
+            key: methods[name]["step_s"] / ours_pt["step_s"]
+            for name, key in OVER_PROMPT_TUNING.items()
+            if name in methods
+        }
+        if peft_result:
+            summary["ours_over_peft"] = ours_pt["step_s"] / peft_result["step_s"]
+        summary["mfu"] = ours_pt["mfu"]
+    prompt_tuning_flops = flops.train_step_flops(s.t5, s.encoder, prompt_tuning)["total"]
     print(f"\n## Peak matmul ({s.matmul_size}^3)\n")
     print(table(["dtype", "TFLOP/s"], [[d, p / 1e12] for d, p in peaks.items()]))
     print(
@@ -440,18 +486,19 @@ def main():
         ]
         for name, r in methods.items()
     ]
-    rows.append(
-        [
-            "PEFT prompt_tuning (torch)",
-            peft_result["step_s"] * 1e3,
-            peft_result["examples_per_s"],
-            peft_result["tokens_per_s"],
-            ours_pt["model_flops"] / 1e9,
-            "-",
-            ours_pt["model_flops"] / peft_result["step_s"] / peaks["float32"],
-            peft_result["trainable_params"],
-        ]
-    )
+    if peft_result:
+        rows.append(
+            [
+                "PEFT prompt_tuning (torch)",
+                peft_result["step_s"] * 1e3,
+                peft_result["examples_per_s"],
+                peft_result["tokens_per_s"],
+                prompt_tuning_flops / 1e9,
+                "-",
+                prompt_tuning_flops / peft_result["step_s"] / peaks["float32"],
+                peft_result["trainable_params"],
+            ]
+        )
     print(
         table(
             [
@@ -509,15 +556,20 @@ def main():
             )
             + "\n"
         )
-    print("## Eval throughput (examples/s)\n")
-    print(
-        table(
-            ["method", "greedy decode", "rank classification (4 labels)"],
-            [[m, r["greedy"]["examples_per_s"], r["rank_classification"]["examples_per_s"]] for m, r in evals.items()],
+    if evals:
+        print("## Eval throughput (examples/s)\n")
+        print(
+            table(
+                ["method", "greedy decode", "rank classification (4 labels)"],
+                [
+                    [m, r["greedy"]["examples_per_s"], r["rank_classification"]["examples_per_s"]]
+                    for m, r in evals.items()
+                ],
+            )
         )
-    )
-    print("\n## Summary\n")
-    print(table(list(summary), [list(summary.values())]))
+    if summary:
+        print("\n## Summary\n")
+        print(table(list(summary), [list(summary.values())]))
     if scaling:
         print(f"\nscaling plot: {plot_scaling(scaling, args.out)}")
     if args.json:

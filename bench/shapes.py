@@ -57,6 +57,8 @@ class Point:
       method, stage: keys of `sharpt_jax.optim.TRAINABLE`.
       batch: B; input_len: T encoder tokens; target_len: S decoder tokens; prompt_len: L soft tokens;
       num_skills: K codebook vectors; instance_len: I instance-encoder tokens.
+      cached_embeddings: the batch carries each instance's e0 (`config.instance_embedding_cache`), so the step
+        never runs the instance encoder.
     """
 
     method: str
@@ -67,6 +69,7 @@ class Point:
     prompt_len: int
     num_skills: int
     instance_len: int
+    cached_embeddings: bool = False
 
     @property
     def uses_encoder(self) -> bool:

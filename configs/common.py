@@ -104,11 +104,22 @@ def get_config() -> ml_collections.ConfigDict:
     c.encoder = SIMCSE_BERT_BASE  # Instance encoder: hub id or local BERT-family folder.
     c.encoder_pooling = "pooler"  # cls | pooler | mean; SimCSE's sentence embedding is the pooler output.
     c.encoder_vocab = ""  # WordPiece vocab.txt; "" = vocab.txt in the encoder folder.
+    # Folder of cached instance embeddings: e0 of every training example is computed once, kept there (keyed by
+    # the encoder's checksum, pooling, dtype, task, instance length) and fed to the step instead of the instance
+    # tokens (sharpt_jax.embedding_cache); "" = the encoder runs in every step. Ignored by methods without one.
+    c.instance_embedding_cache = ""
 
     # -- SharPT. --
     c.num_skills = 100  # K, codebook size (the paper does not state it).
     c.prompt_length = 64  # L, soft tokens per instance (the paper).
     c.beta = 1.0  # Weight of the codebook loss; Eq. 5 adds it unweighted.
+    # Codebook health, where the codebook trains (source stage; sharpt_jax.codebook): the skill vectors' start,
+    # random (the paper) | kmeans (k-means centroids of the first batches' instance embeddings), and the period in
+    # steps of dead-skill restarts (0 = none): a skill no instance chose in a period is re-seated on a far instance.
+    # kmeans by default: the paper's start collapses the codebook (README, "Codebook health"); restarts never fired
+    # after a k-means start there, so they are off.
+    c.codebook_init = "kmeans"
+    c.codebook_restart_every = 0
 
     # -- Optimisation. --
     # adam (the paper) | adafactor (Prompt Tuning's and SPoT's) | adafactor_t5 (T5's fine-tuning); see RECIPES.

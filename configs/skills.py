@@ -51,6 +51,9 @@ def get_config(arg: str | None = None):
             learning_rates=ml_collections.ConfigDict(
                 dict(
                     sharpt=(0.01,) if quick else (0.01, 0.001),
+                    sharpt_restarts=(0.01,) if quick else (0.01, 0.001),
+                    sharpt_kmeans=(0.01,) if quick else (0.01, 0.001),
+                    sharpt_kmeans_restarts=(0.01,) if quick else (0.01, 0.001),
                     prompt_tuning=(0.3,) if quick else (0.3, 0.03),
                     no_latent=(0.01,) if quick else (0.01, 0.001),
                     no_source=(0.01,) if quick else (0.01, 0.001),

@@ -42,6 +42,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "backbone_dtype": tuple(DTYPES),
         "encoder_pooling": ("cls", "pooler", "mean"),
         "eval.scoring": SCORING,
+        "codebook_init": ("random", "kmeans"),
     }
     for field, values in allowed.items():
         value = functools.reduce(lambda node, key: node[key], field.split("."), config)
@@ -50,6 +51,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for field in ("num_skills", "prompt_length", "num_train_steps", "batch_size", "save_every", "log_every"):
         if config[field] <= 0:
             raise ConfigError(f"config.{field} must be positive, got {config[field]}")
+    if config.codebook_restart_every < 0:
+        raise ConfigError(
+            f"config.codebook_restart_every must be >= 0 (0 = no restarts), got {config.codebook_restart_every}"
+        )
     if needs_source(config) and config.mode == "train" and not config.source_checkpoint:
         raise ConfigError(
             f"method {config.method} in stage target starts from a source run: set "

@@ -12,7 +12,8 @@ task examples (the `*_pretokenized` strings and raw fields) for the postprocesso
 
 Batches hold the features of `tasks.features.SharPTFeatureConverter` as int32 arrays:
 encoder_input_tokens / encoder_input_mask [B, T], decoder_input_tokens / decoder_target_tokens /
-decoder_loss_weights [B, S], instance_input_tokens / instance_input_mask [B, I].
+decoder_loss_weights [B, S], instance_input_tokens / instance_input_mask [B, I]; training batches with cached
+instance embeddings carry instance_embedding float32 [B, m] instead of the last two (`sharpt_jax.embedding_cache`).
 """
 
 import dataclasses
@@ -113,17 +114,22 @@ def train_batches(
     mesh: jax.sharding.Mesh,
     seed: int,
     start_step: int = 0,
+    embeddings=None,
 ) -> Iterator[Batch]:
     """Endless global training batches [global_batch_size, length], sharded over the mesh's 'data' axis.
 
     Starting at `start_step` yields exactly the batches an uninterrupted stream yields from that step on (it
-    replays the skipped part of the input pipeline: see `host_train_dataset`).
+    replays the skipped part of the input pipeline: see `host_train_dataset`). With `embeddings` (an
+    `embedding_cache.EmbeddingTable`), each host replaces the instance tokens and mask of its rows by their
+    cached e0, `instance_embedding` float32 [B, m].
     """
     shard_info = seqio.ShardInfo(jax.process_index(), jax.process_count())
     ds = host_train_dataset(
         task_or_mixture, sequence_length, host_batch_size(global_batch_size, mesh), seed, shard_info, start_step
     )
     for host_batch in ds.as_numpy_iterator():
+        if embeddings is not None:
+            host_batch = embeddings.replace_tokens(host_batch)
         yield to_global(host_batch, mesh)
 
 

@@ -179,13 +179,18 @@ def task_eval_of(task: str):
 def _score_texts(task_eval, examples: Sequence[Mapping], texts: Sequence[str]) -> tuple[dict[str, float], list]:
     """(metrics, postprocessed predictions) of predicted texts; see `task_metrics`."""
     postprocess = task_eval.postprocess_fn
-    predictions = [postprocess(t, example=ex, is_target=False) for t, ex in zip(texts, examples, strict=True)]
+    predictions = postprocess_texts(task_eval, examples, texts)
     # seqio's Evaluator hands the postprocessor the target as str.
     targets = [postprocess(_text(ex["targets_pretokenized"]), example=ex, is_target=True) for ex in examples]
     metrics = {}
     for metric_fn in task_eval.metric_fns:
         metrics.update({key: float(value) for key, value in metric_fn(targets, predictions).items()})
     return metrics, predictions
+
+
+def postprocess_texts(task_eval, examples: Sequence[Mapping], texts: Sequence[str]) -> list:
+    """The predictions of predicted texts, as seqio's Evaluator makes them (and `sharpt_jax.predict` serves)."""
+    return [task_eval.postprocess_fn(t, example=ex, is_target=False) for t, ex in zip(texts, examples, strict=True)]
 
 
 def _text(value) -> str:
@@ -359,7 +364,7 @@ def evaluate_checkpoints(config, workdir: str | os.PathLike) -> dict:
         num_scored += 1
         if time.perf_counter() - last_line >= PROGRESS_SECONDS:
             line = ", ".join(f"{split} {results[str(step)][split]['score']:.2f}" for split in splits)
-            print(f"eval step {step}: {line} ({num_scored} checkpoints scored)", flush=True)
+            print(f"eval step {step}: {line} ({num_scored} scored so far)", flush=True)
             last_line = time.perf_counter()
         return scored
 
@@ -392,12 +397,10 @@ def evaluate_checkpoints(config, workdir: str | os.PathLike) -> dict:
         "protocol": protocol,
     }
     _write_json(out_dir / "best.json", best)
-    test = f", test {best['test']['score']:.2f}" if best["test"] else ""
-    print(
-        f"eval of {len(steps)} checkpoints ({num_scored} scored now): best step {best_step}, validation "
-        f"{best['validation']['score']:.2f}{test}",
-        flush=True,
+    scores = f"validation {best['validation']['score']:.2f}" + (
+        f", test {best['test']['score']:.2f}" if best["test"] else ""
     )
+    print(f"eval of {len(steps)} checkpoint(s): best step {best_step}, {scores}", flush=True)
     return best
 
 

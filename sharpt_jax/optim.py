@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from sharpt_jax import codebook
+
 # (method, stage) -> regex over '/'-joined parameter paths of `SharPT` that are trained; everything else is frozen.
 TRAINABLE = {
     ("sharpt", "source"): r"(codebook|generator)/.*",  # Eq. 5: skill vectors and generator
@@ -104,13 +106,25 @@ def make_optimizer(name: str, learning_rate: float, warmup_steps: int) -> optax.
 # ---------------------------------------------------------------------------------------------
 
 
-def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, schedule: optax.Schedule):
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    restart_every: int = 0,
+    num_train_steps: int = 0,
+):
     """Returns `train_step(state, frozen, batch, dropout_key) -> (state, metrics)`, not yet jitted.
 
-    `state` is the plain pytree {"trainable": nnx.State, "opt": optax state, "step": int32 []}; the caller jits
-    with `donate_argnums=(0,)` so the trainable parameters and optimizer state are updated in place. `frozen` is
-    read only. Dropout masks come from fold_in(dropout_key, step), so a resumed run draws the same masks.
-    Metrics are device scalars (plus `skill_counts` [K] for SharPT); nothing here syncs with the host.
+    `state` is the plain pytree {"trainable": nnx.State, "opt": optax state, "step": int32 []} (plus
+    "skill_window": int32 [K] with restarts); the caller jits with `donate_argnums=(0,)` so the trainable
+    parameters and optimizer state are updated in place. `frozen` is read only. Dropout masks come from
+    fold_in(dropout_key, step), so a resumed run draws the same masks. Metrics are device scalars (plus
+    `skill_counts` [K] for SharPT); nothing here syncs with the host.
+
+    restart_every, num_train_steps: with N > 0, after every N-th step the skills that no instance chose in those N
+      steps are re-seated on far instance embeddings (`codebook.restart_dead_skills`; metric `restarted_skills`
+      counts them), except in the last N steps of the run's `num_train_steps`, which leave a re-seated skill too
+      little training to be any use to the target tasks.
     """
 
     def train_step(state, frozen, batch, dropout_key):
@@ -138,7 +152,19 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
         }
         if "skill_counts" in out:
             metrics["skill_counts"] = out["skill_counts"]
-        return {"trainable": trainable, "opt": opt_state, "step": step + 1}, metrics
+        new_state = {"trainable": trainable, "opt": opt_state, "step": step + 1}
+        if restart_every:
+            window = state["skill_window"] + out["skill_counts"]
+            restart = ((step + 1) % restart_every == 0) & (step + 1 + restart_every <= num_train_steps)
+            new_state["trainable"] = jax.lax.cond(
+                restart,
+                lambda t: codebook.restart_dead_skills(t, window, out["e0"], out["codebook_distance"]),
+                lambda t: t,
+                trainable,
+            )
+            new_state["skill_window"] = jnp.where(restart, jnp.zeros_like(window), window)
+            metrics["restarted_skills"] = jnp.where(restart, jnp.sum(window == 0), 0).astype(jnp.int32)
+        return new_state, metrics
 
     return train_step
 
@@ -150,5 +176,9 @@ def dropout_key(seed: int) -> jax.Array:
     return jax.random.key(seed, impl="rbg")
 
 
-def init_train_state(trainable: nnx.State, optimizer: optax.GradientTransformation) -> dict:
-    return {"trainable": trainable, "opt": optimizer.init(trainable), "step": jnp.zeros((), jnp.int32)}
+def init_train_state(trainable: nnx.State, optimizer: optax.GradientTransformation, restart_window: int = 0) -> dict:
+    """The train state at step 0; `restart_window` = K adds the dead-skill restarts' window counts [K]."""
+    state = {"trainable": trainable, "opt": optimizer.init(trainable), "step": jnp.zeros((), jnp.int32)}
+    if restart_window:
+        state["skill_window"] = jnp.zeros((restart_window,), jnp.int32)
+    return state

@@ -31,13 +31,19 @@ from jax.experimental import multihost_utils
 from sharpt_jax import build, checkpoints, data, evaluate, skills_report, train
 from tasks import skills
 
-# Methods of the comparison -> (model method, stage, whether the target starts from a source run).
+# Methods of the comparison -> (model method, stage, whether the target starts from a source run, config fields).
+# The SharPT rows pin their codebook settings (sharpt_jax.codebook), so that each row means the same whatever
+# the defaults of configs/common.py: "sharpt" and "no_source" are the paper's method (random start, no restarts).
+PAPER_CODEBOOK = dict(codebook_init="random", codebook_restart_every=0)
 METHODS = {
-    "sharpt": ("sharpt", "target", True),
-    "no_latent": ("no_latent", "target", True),
-    "prompt_tuning": ("prompt_tuning", "target", False),
-    "model_tuning": ("model_tuning", "target", False),
-    "no_source": ("sharpt", "source", False),  # Codebook and generator learned on the target alone.
+    "sharpt": ("sharpt", "target", True, PAPER_CODEBOOK),
+    "sharpt_restarts": ("sharpt", "target", True, dict(codebook_init="random", codebook_restart_every=100)),
+    "sharpt_kmeans": ("sharpt", "target", True, dict(codebook_init="kmeans", codebook_restart_every=0)),
+    "sharpt_kmeans_restarts": ("sharpt", "target", True, dict(codebook_init="kmeans", codebook_restart_every=100)),
+    "no_latent": ("no_latent", "target", True, {}),
+    "prompt_tuning": ("prompt_tuning", "target", False, {}),
+    "model_tuning": ("model_tuning", "target", False, {}),
+    "no_source": ("sharpt", "source", False, PAPER_CODEBOOK),  # Codebook and generator on the target alone.
 }
 
 
@@ -61,7 +67,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     sources = {}
     for method in [m for m in spec.methods if METHODS[m][2]]:
         for seed in spec.seeds:
-            source = run_config(config, METHODS[method][0], "source", "skills_sources", seed)
+            source = run_config(config, method, "source", "skills_sources", seed)
             source.learning_rate, source.num_train_steps = spec.source_learning_rate, spec.source_steps
             source.save_every = spec.source_steps
             sources[method, seed] = workdir / method / "source" / f"seed{seed}"
@@ -93,10 +99,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     # How the codebook relates to the true skills, then the tables and figures.
     # ---------------------------------------------------------------------------------------------
     codebooks = {}
-    if "sharpt" in spec.methods:
+    for method in [m for m in spec.methods if METHODS[m][0] == "sharpt" and METHODS[m][2]]:
         for seed in spec.seeds:
-            source = run_config(config, "sharpt", "source", "skills_sources", seed)
-            codebooks[str(seed)] = codebook_usage(source, sources["sharpt", seed])
+            source = run_config(config, method, "source", "skills_sources", seed)
+            codebooks.setdefault(method, {})[str(seed)] = codebook_usage(source, sources[method, seed])
     results = {
         "runs": runs,
         "codebook": codebooks,
@@ -113,16 +119,18 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
 
 
 def run_config(config, method: str, stage: str, task: str, seed: int) -> ml_collections.ConfigDict:
+    """The run config of one of `METHODS` (its model method and fields) in `stage` on `task`."""
     out = config.copy_and_resolve_references()
-    out.mode, out.method, out.stage, out.task, out.seed = "train", method, stage, task, seed
+    out.mode, out.method, out.stage, out.task, out.seed = "train", METHODS[method][0], stage, task, seed
+    out.update(METHODS[method][3])
     return out
 
 
 def target_run(config, workdir: Path, sources: dict, method: str, target: str, size: int, rate: float, seed: int):
     """One target run of `method` (trained and scored unless its record.json exists); returns its record."""
-    model_method, stage, transfers = METHODS[method]
+    _, stage, transfers, _ = METHODS[method]
     run_dir = workdir / method / f"{target}_n{size}" / f"lr{rate:g}" / f"seed{seed}"
-    cfg = run_config(config, model_method, stage, f"skills_{target}_n{size}", seed)
+    cfg = run_config(config, method, stage, f"skills_{target}_n{size}", seed)
     cfg.learning_rate, cfg.num_train_steps = rate, config.skills.target_steps
     cfg.save_every = config.skills.target_save_every
     if transfers:

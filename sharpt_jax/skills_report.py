@@ -23,6 +23,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 NAN = float("nan")
 METHOD_NAMES = {
     "sharpt": "SharPT",
+    "sharpt_restarts": "SharPT, restarts",
+    "sharpt_kmeans": "SharPT, k-means start",
+    "sharpt_kmeans_restarts": "SharPT, k-means start + restarts",
     "prompt_tuning": "PromptTuning",
     "no_latent": "no latent space",
     "no_source": "no source training",
@@ -32,16 +35,20 @@ METHOD_NAMES = {
 
 def write(results: dict, workdir: Path) -> None:
     results["summary"] = summarize(results["runs"])
-    results["codebook_measures"] = {seed: codebook_measures(c) for seed, c in results["codebook"].items()}
+    results["codebook_measures"] = {
+        method: {seed: codebook_measures(c) for seed, c in by_seed.items()}
+        for method, by_seed in results["codebook"].items()
+    }
     tmp = workdir / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     tmp.replace(workdir / "results.json")
     (workdir / "results.md").write_text(markdown(results))
     plot_scores(results, workdir / "score_vs_size.png")
-    if results["codebook"]:
-        first = results["codebook"][min(results["codebook"], key=int)]
-        plot_skill_usage(first, workdir / "skill_usage.png")
-        plot_task_relations(first, workdir / "task_relations.png")
+    for method, by_seed in results["codebook"].items():  # The first seed's source run of each codebook variant.
+        suffix = "" if method == "sharpt" else f"_{method}"
+        first = by_seed[min(by_seed, key=int)]
+        plot_skill_usage(first, workdir / f"skill_usage{suffix}.png")
+        plot_task_relations(first, workdir / f"task_relations{suffix}.png")
     print(markdown(results), flush=True)
 
 
@@ -175,22 +182,29 @@ def markdown(results: dict) -> str:
     if measures:
         lines += [
             "",
-            "SharPT's codebook after the source stage, on the test instances (per source seed): purity and NMI of "
+            "SharPT's codebook after the source stage, on the test instances (per variant and source seed): purity "
+            "and NMI of "
             "the chosen skill vector against the true skill on the 8 source tasks, skill perplexity (exp of the "
             "entropy of skill use; 8 = one vector per source skill), dead skills (of K), the NMI within "
             "sort_or_reverse (1 = its two behaviours go to different vectors), and for the single-skill targets "
             "the share of instances that pick the vector their skill's source task uses most.",
             "",
-            "| seed | purity | NMI | perplexity | dead | sort_or_reverse NMI | reverse_shift share | sort_shift share"
-            " |",
-            "|---|---|---|---|---|---|---|---|",
+            "| method | seed | purity | NMI | perplexity | dead | sort_or_reverse NMI | reverse_shift share "
+            "| sort_shift share |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for seed, m in sorted(measures.items(), key=lambda kv: int(kv[0])):
-            s = m["sources"]
-            cells = [s["purity"], s["nmi"], s["skill_perplexity"], s["dead_skills"], m["sort_or_reverse"]["nmi"]]
-            cells += [m[t].get("source_skill_share", NAN) for t in ("reverse_shift", "sort_shift")]
-            lines.append(_row(seed, cells))
-    geometry = {seed: c["geometry"] for seed, c in results["codebook"].items() if "geometry" in c}
+        for method, by_seed in measures.items():
+            for seed, m in sorted(by_seed.items(), key=lambda kv: int(kv[0])):
+                s = m["sources"]
+                cells = [s["purity"], s["nmi"], s["skill_perplexity"], s["dead_skills"], m["sort_or_reverse"]["nmi"]]
+                cells += [m[t].get("source_skill_share", NAN) for t in ("reverse_shift", "sort_shift")]
+                lines.append(_row(f"{METHOD_NAMES.get(method, method)} | {seed}", cells))
+    geometry = {
+        (method, seed): c["geometry"]
+        for method, by_seed in results["codebook"].items()
+        for seed, c in by_seed.items()
+        if "geometry" in c
+    }
     if geometry:
         lines += [
             "",
@@ -198,13 +212,14 @@ def markdown(results: dict) -> str:
             "tasks' test instances): the norm of e0, its distance to the centroid of all e0, to the chosen skill "
             "vector and to the nearest unused one, and the norms of used and unused skill vectors.",
             "",
-            "| seed | norm e0 | e0 to centroid | e0 to chosen | e0 to nearest unused | norm used | norm unused |",
-            "|---|---|---|---|---|---|---|",
+            "| method | seed | norm e0 | e0 to centroid | e0 to chosen | e0 to nearest unused | norm used "
+            "| norm unused |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for seed, g in sorted(geometry.items(), key=lambda kv: int(kv[0])):
+        for (method, seed), g in sorted(geometry.items(), key=lambda kv: (kv[0][0], int(kv[0][1]))):
             names = ("embedding_norm", "embedding_distance_to_centroid", "distance_to_chosen_skill")
             names += ("distance_to_nearest_unused_skill", "used_skill_norm", "unused_skill_norm")
-            lines.append(_row(seed, [g.get(name, NAN) for name in names]))
+            lines.append(_row(f"{METHOD_NAMES.get(method, method)} | {seed}", [g.get(name, NAN) for name in names]))
     return "\n".join(lines) + "\n"
 
 

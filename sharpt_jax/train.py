@@ -27,7 +27,7 @@ import numpy as np
 from clu import metric_writers
 from flax import nnx
 
-from sharpt_jax import build, checkpoints, data, evaluate, optim, sharding
+from sharpt_jax import build, checkpoints, codebook, data, embedding_cache, evaluate, optim, sharding
 
 
 class TrainingDiverged(RuntimeError):
@@ -52,6 +52,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     # ---------------------------------------------------------------------------------------------
     model, identity = build.build_model(config, files)
     source = build.restore_source(model, config, identity) if build.needs_source(config) else None
+    # With config.instance_embedding_cache, each training example's e0 is computed once (or read back) and the
+    # batches carry it, so the step never runs the encoder (sharpt_jax.embedding_cache); None otherwise.
+    embeddings = embedding_cache.for_run(config, train_task, model, identity, mesh)
     graphdef, trainable, frozen = optim.split_model(model, config.method, config.stage)
     del model  # Its arrays now live in `trainable` and `frozen`.
 
@@ -60,16 +63,22 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     # ---------------------------------------------------------------------------------------------
     optimizer = optim.make_optimizer(config.optimizer, config.learning_rate, config.warmup_steps)
     schedule = optim.learning_rate_schedule(config.learning_rate, config.warmup_steps)
+    # Codebook health (sharpt_jax.codebook) applies where the codebook trains: SharPT's source stage.
+    trains_codebook = "codebook" in trainable
+    restart_every = config.codebook_restart_every if trains_codebook else 0
+    restart_window = config.num_skills if restart_every else 0
     trainable_sharding = sharding.state_shardings(trainable, mesh)
     frozen_sharding = sharding.state_shardings(frozen, mesh)
-    state_sharding = train_state_shardings(trainable, trainable_sharding, optimizer, mesh)
+    state_sharding = train_state_shardings(trainable, trainable_sharding, optimizer, mesh, restart_window)
     frozen = jax.device_put(frozen, frozen_sharding)
     trainable = jax.device_put(trainable, trainable_sharding)
-    state = jax.jit(lambda t: optim.init_train_state(t, optimizer), out_shardings=state_sharding)(trainable)
+    state = jax.jit(lambda t: optim.init_train_state(t, optimizer, restart_window), out_shardings=state_sharding)(
+        trainable
+    )
     del trainable
-    totals = zero_totals(config)
+    totals = zero_totals(config, restart_every)
 
-    train_step = optim.make_train_step(graphdef, optimizer, schedule)
+    train_step = optim.make_train_step(graphdef, optimizer, schedule, restart_every, config.num_train_steps)
 
     def step_and_accumulate(state, frozen, batch, dropout_key, totals):
         state, metrics = train_step(state, frozen, batch, dropout_key)
@@ -103,12 +112,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         check_same_run(ckpts.metadata(latest), run_record, workdir)
         state, _ = ckpts.restore(latest, state)
         start_step = latest
+    elif trains_codebook and config.codebook_init == "kmeans":  # A fresh run: the first batches' k-means.
+        first_batches = data.train_batches(
+            train_task, config.sequence_length.to_dict(), config.batch_size, mesh, config.seed
+        )
+        state["trainable"] = codebook.kmeans_start(state["trainable"], graphdef, frozen, first_batches, config.seed)
     if is_main:
         (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
     metrics_file = MetricsFile(workdir / "metrics.jsonl", keep_until=start_step, enabled=is_main)
     writer = metric_writers.SummaryWriter(str(workdir / "tensorboard")) if is_main else None
     batches = data.train_batches(
-        train_task, config.sequence_length.to_dict(), config.batch_size, mesh, config.seed, start_step
+        train_task, config.sequence_length.to_dict(), config.batch_size, mesh, config.seed, start_step, embeddings
     )
 
     # ---------------------------------------------------------------------------------------------
@@ -138,7 +152,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             examples_per_sec=(step - window_step) * config.batch_size / (now - window_start),
             steps_per_sec=(step - window_step) / (now - window_start),
         )
-        totals = zero_totals(config)
+        totals = zero_totals(config, restart_every)
         if last["nonfinite_steps"]:
             kept = ckpts.latest_step()
             kept = f"the last good checkpoint is step {kept} in {ckpts.directory}" if kept else "no checkpoint yet"
@@ -183,9 +197,10 @@ def check_same_run(saved: dict, current: dict, workdir: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def train_state_shardings(trainable, trainable_sharding, optimizer, mesh) -> dict:
-    """Shardings of {"trainable", "opt", "step"}: optimizer moments shaped like a parameter are sharded like
-    it (Adam's mu and nu), everything else (counts, Adafactor's factored rows and columns) is replicated."""
+def train_state_shardings(trainable, trainable_sharding, optimizer, mesh, restart_window: int = 0) -> dict:
+    """Shardings of {"trainable", "opt", "step"} (and "skill_window" with restarts): optimizer moments shaped
+    like a parameter are sharded like it (Adam's mu and nu), everything else (counts, Adafactor's factored rows
+    and columns) is replicated."""
     replicated = sharding.replicated(mesh)
     params_treedef = jax.tree.structure(trainable)
 
@@ -201,7 +216,10 @@ def train_state_shardings(trainable, trainable_sharding, optimizer, mesh) -> dic
 
     opt_shapes = jax.eval_shape(optimizer.init, trainable)
     opt_sharding = jax.tree.map(like_params, opt_shapes, is_leaf=lambda x: jax.tree.structure(x) == params_treedef)
-    return {"trainable": trainable_sharding, "opt": opt_sharding, "step": replicated}
+    shardings = {"trainable": trainable_sharding, "opt": opt_sharding, "step": replicated}
+    if restart_window:
+        shardings["skill_window"] = replicated
+    return shardings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,11 +229,13 @@ def train_state_shardings(trainable, trainable_sharding, optimizer, mesh) -> dic
 SUMMED = ("loss", "lm_loss", "codebook_loss", "grad_norm")
 
 
-def zero_totals(config: ml_collections.ConfigDict) -> dict:
+def zero_totals(config: ml_collections.ConfigDict, restart_every: int = 0) -> dict:
     totals = {name: jnp.zeros((), jnp.float32) for name in SUMMED}
     totals["nonfinite_steps"] = jnp.zeros((), jnp.int32)
     if config.method == "sharpt":
         totals["skill_counts"] = jnp.zeros((config.num_skills,), jnp.int32)
+    if restart_every:
+        totals["restarted_skills"] = jnp.zeros((), jnp.int32)
     return totals
 
 
@@ -224,15 +244,17 @@ def accumulate(totals: dict, metrics: dict) -> dict:
     out = {name: totals[name] + metrics[name] for name in SUMMED}
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
     out["nonfinite_steps"] = totals["nonfinite_steps"] + (~finite).astype(jnp.int32)
-    if "skill_counts" in totals:
-        out["skill_counts"] = totals["skill_counts"] + metrics["skill_counts"]
+    for name in ("skill_counts", "restarted_skills"):
+        if name in totals:
+            out[name] = totals[name] + metrics[name]
     return out
 
 
 def summarize(totals: dict, num_steps: int, learning_rate: float) -> dict:
     """Window means, plus for SharPT how the batch used the codebook:
     skill_perplexity = exp(entropy of the skill frequencies) (1 = one skill for all, K = uniform use) and
-    dead_skills = how many of the K skills no example chose in the window."""
+    dead_skills = how many of the K skills no example chose in the window; with restarts, restarted_skills =
+    how many dead skills were re-seated in the window."""
     out = {name: float(totals[name]) / num_steps for name in SUMMED}
     out["learning_rate"] = learning_rate
     out["nonfinite_steps"] = int(totals["nonfinite_steps"])
@@ -241,6 +263,8 @@ def summarize(totals: dict, num_steps: int, learning_rate: float) -> dict:
         p = counts[counts > 0] / counts.sum()
         out["skill_perplexity"] = float(np.exp(-np.sum(p * np.log(p))))
         out["dead_skills"] = int(np.sum(counts == 0))
+    if "restarted_skills" in totals:
+        out["restarted_skills"] = int(totals["restarted_skills"])
     return out
 
 
@@ -253,6 +277,8 @@ def progress_line(metrics: dict, num_steps: int, seconds_per_step: float) -> str
     )
     if "skill_perplexity" in metrics:
         line += f" skills ppl {metrics['skill_perplexity']:.1f} dead {metrics['dead_skills']}"
+    if "restarted_skills" in metrics:
+        line += f" restarted {metrics['restarted_skills']}"
     return line + f" | {left // 3600}h{left // 60 % 60:02d}m{left % 60:02d}s left"
 
 

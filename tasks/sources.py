@@ -31,7 +31,7 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +158,11 @@ def _read_jsonl(path: Path, features: Features) -> tf.data.Dataset:
         if chunk:
             yield parse(chunk)
 
+    return _chunks_dataset(chunks, features)
+
+
+def _chunks_dataset(chunks: Callable[[], Iterator[dict]], features: Features) -> tf.data.Dataset:
+    """The rows of the chunks of columns (`_columns`) that `chunks()` yields, each time the dataset is read."""
     signature = tf.nest.map_structure(_batched_spec, dict(features))
     ds = tf.data.Dataset.from_generator(chunks, output_signature=signature).unbatch()
     return ds.map(functools.partial(_conform, features=features), num_parallel_calls=tf.data.AUTOTUNE)
@@ -198,6 +203,17 @@ def read_split(raw: RawData, split: str, data_dir: str | None) -> tf.data.Datase
     if not raw.tfds_names:
         raise _missing(raw, split, data_dir)
     return _read_tfds(raw, split, data_dir)
+
+
+def rows_dataset(rows_fn: Callable[[], Sequence[Mapping]], features: Features) -> tf.data.Dataset:
+    """In-memory raw rows, as a data file's JSON objects hold them, read as `read_split` reads that file.
+
+    `rows_fn()` gives the rows each time the dataset is read, so one dataset (traced once) serves many batches
+    of rows. They come marked as held-out rows (`is_train` false), as the protocol's splits other than train
+    give them, and rows of hidden labels are kept (sharpt_jax.predict answers every row).
+    """
+    ds = _chunks_dataset(lambda: iter([_columns(list(rows_fn()), features)]), features)
+    return ds.map(lambda ex: {**ex, "is_train": tf.constant(False)})
 
 
 @functools.cache

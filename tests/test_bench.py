@@ -1,5 +1,7 @@
 """Smoke tests of the benchmark's FLOP and parameter counters on toy shapes (no timing is asserted)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -10,22 +12,26 @@ from sharpt_jax import optim
 T5 = shapes.t5_v1_1(32, 64, 2, 2, vocab_size=100)
 ENCODER = shapes.bert(16, 1, 2, vocab_size=50)
 METHODS = [
-    ("sharpt", "source"),
-    ("sharpt", "target"),
-    ("no_latent", "target"),
-    ("prompt_tuning", "target"),
-    ("model_tuning", "target"),
+    ("sharpt", "source", False),
+    ("sharpt", "target", False),
+    ("sharpt", "target", True),
+    ("no_latent", "target", False),
+    ("no_latent", "target", True),
+    ("prompt_tuning", "target", False),
+    ("model_tuning", "target", False),
 ]
 
 
-@pytest.mark.parametrize("method,stage", METHODS)
-def test_analytic_flops_equal_traced_matmuls(method, stage):
-    """The analytic count equals the dot_generals JAX traces for the real train step (no frozen weight grads)."""
-    point = shapes.Point(method, stage, batch=2, input_len=7, target_len=5, prompt_len=3, num_skills=11, instance_len=6)
+@pytest.mark.parametrize("method,stage,cached", METHODS)
+def test_analytic_flops_equal_traced_matmuls(method, stage, cached):
+    """The analytic count equals the dot_generals JAX traces for the real train step (no frozen weight grads;
+    with cached instance embeddings, no encoder at all)."""
+    point = shapes.Point(method, stage, 2, input_len=7, target_len=5, prompt_len=3, num_skills=11, instance_len=6)
+    point = dataclasses.replace(point, cached_embeddings=cached)
     graphdef, trainable, frozen = optim.split_model(shapes.build(T5, ENCODER, point), method, stage)
     optimizer = optim.make_optimizer("adam", 0.3, 0)
     step = optim.make_train_step(graphdef, optimizer, optim.learning_rate_schedule(0.3, 0))
-    batch = jax.tree_util.tree_map(jnp.asarray, run.make_batch(point, T5.vocab_size, ENCODER.vocab_size))
+    batch = jax.tree_util.tree_map(jnp.asarray, run.make_batch(point, T5.vocab_size, ENCODER))
     jaxpr = jax.make_jaxpr(step)(optim.init_train_state(trainable, optimizer), frozen, batch, jax.random.key(0))
     assert flops.jaxpr_matmul_flops(jaxpr) == flops.train_step_flops(T5, ENCODER, point)["total"]
 

