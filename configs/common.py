@@ -128,6 +128,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.warmup_steps = 4000  # Linear warm-up, then constant.
     c.num_train_steps = 80_000  # 80K source steps, 100K per target (configs/target.py).
     c.batch_size = 32  # Global batch (the paper does not state it; Prompt Tuning and SPoT used 32).
+    # Gradient accumulation: each step runs the batch as this many micro-batches of batch_size / micro_batches rows
+    # and makes one update equal to the full batch's (for a batch that does not fit the devices at once).
+    c.micro_batches = 1
     # Task feature lengths: T5 input and target tokens, instance-encoder tokens.
     c.sequence_length = ml_collections.ConfigDict(dict(inputs=512, targets=128, instance_inputs=128))
 

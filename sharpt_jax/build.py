@@ -48,7 +48,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         value = functools.reduce(lambda node, key: node[key], field.split("."), config)
         if value not in values:
             raise ConfigError(f"config.{field}={value!r} is not one of {', '.join(values)}")
-    for field in ("num_skills", "prompt_length", "num_train_steps", "batch_size", "save_every", "log_every"):
+    for field in (
+        "num_skills",
+        "prompt_length",
+        "num_train_steps",
+        "batch_size",
+        "save_every",
+        "log_every",
+        "micro_batches",
+    ):
         if config[field] <= 0:
             raise ConfigError(f"config.{field} must be positive, got {config[field]}")
     if config.codebook_restart_every < 0:
@@ -68,6 +76,9 @@ def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
         mesh = sharding.make_mesh(config.mesh_shape)
         data.host_batch_size(config.batch_size, mesh)
         data.host_batch_size(config.eval.batch_size, mesh)
+        if config.batch_size % config.micro_batches:
+            raise ValueError(f"config.micro_batches={config.micro_batches} does not divide config.batch_size")
+        data.host_batch_size(config.batch_size // config.micro_batches, mesh)  # Every micro-batch spans the mesh.
     except ValueError as err:
         raise ConfigError(f"config.mesh_shape={config.mesh_shape!r}: {err}") from err
     return mesh

@@ -106,12 +106,17 @@ def make_optimizer(name: str, learning_rate: float, warmup_steps: int) -> optax.
 # ---------------------------------------------------------------------------------------------
 
 
+# The model outputs a micro-batch step keeps: the losses, and what SharPT's metrics and restarts read.
+KEPT_OUTPUTS = ("lm_loss", "codebook_loss", "skill_counts", "e0", "codebook_distance")
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     restart_every: int = 0,
     num_train_steps: int = 0,
+    micro_batches: int = 1,
 ):
     """Returns `train_step(state, frozen, batch, dropout_key) -> (state, metrics)`, not yet jitted.
 
@@ -125,26 +130,63 @@ def make_train_step(
       steps are re-seated on far instance embeddings (`codebook.restart_dead_skills`; metric `restarted_skills`
       counts them), except in the last N steps of the run's `num_train_steps`, which leave a re-seated skill too
       little training to be any use to the target tasks.
+    micro_batches: M > 1 accumulates the gradient over M micro-batches of B / M rows (rows i, i + M, ...: each
+      micro-batch keeps rows on every device of the data axis) under `jax.lax.scan`, then makes one update. Each
+      micro-batch's loss is weighted by its share of the batch's target tokens (the LM loss) and by 1 / M (the
+      codebook term), so the update equals the full batch's; dropout draws micro-batch i's masks from
+      fold_in(key, i), so with dropout the masks (not their distribution) differ from the full batch's.
     """
+
+    def objective(trainable, frozen, batch, key, lm_share, codebook_share):
+        """The batch's share of the step's loss and its model outputs."""
+        model = nnx.merge(graphdef, trainable, frozen)
+        # Rngs are stateful, so they are made inside the differentiated function's trace.
+        out = model(batch, rngs=nnx.Rngs(dropout=key))
+        # Eq. 5 adds the codebook term while the codebook trains (source stage). Frozen (target stage, Eq. 3),
+        # it has no gradient to give, so the objective, and the logged loss, is the LM loss alone.
+        loss = lm_share * out["lm_loss"]
+        if "codebook" in trainable:
+            loss = loss + codebook_share * out["codebook_loss"]
+        return loss, out
+
+    grad_fn = jax.grad(objective, has_aux=True)
+
+    def gradients(trainable, frozen, batch, key):
+        """(gradient, metrics and per-row outputs) of the whole batch, in micro-batches when M > 1."""
+        if micro_batches == 1:
+            grads, out = grad_fn(trainable, frozen, batch, key, 1.0, 1.0)
+            return grads, out
+        micro = jax.tree.map(lambda x: x.reshape(-1, micro_batches, *x.shape[1:]).swapaxes(0, 1), batch)
+        weights = jnp.sum(micro["decoder_loss_weights"].astype(jnp.float32), axis=(1, 2))  # [M]
+        lm_shares = weights / jnp.maximum(jnp.sum(weights), 1.0)
+
+        def accumulate(grads, inputs):
+            batch_i, lm_share, i = inputs
+            grads_i, out = grad_fn(trainable, frozen, batch_i, jax.random.fold_in(key, i), lm_share, 1 / micro_batches)
+            kept = {k: v for k, v in out.items() if k in KEPT_OUTPUTS}  # Not the logits: the scan stacks these.
+            return jax.tree.map(jnp.add, grads, grads_i), (kept, lm_share)
+
+        zeros = jax.tree.map(jnp.zeros_like, trainable)
+        grads, (outs, shares) = jax.lax.scan(accumulate, zeros, (micro, lm_shares, jnp.arange(micro_batches)))
+        out = {
+            "lm_loss": jnp.sum(shares * outs["lm_loss"]),
+            "codebook_loss": jnp.mean(outs["codebook_loss"]),
+        }
+        if "skill_counts" in outs:  # Per-row outputs of all micro-batches, [M, B / M, ...] -> [B, ...].
+            out["skill_counts"] = jnp.sum(outs["skill_counts"], axis=0)
+            for name in ("e0", "codebook_distance"):
+                out[name] = outs[name].reshape(-1, *outs[name].shape[2:])
+        return grads, out
 
     def train_step(state, frozen, batch, dropout_key):
         step = state["step"]
         key = jax.random.fold_in(dropout_key, step)
-
-        def loss_fn(trainable):
-            model = nnx.merge(graphdef, trainable, frozen)
-            # Rngs are stateful, so they are made inside the differentiated function's trace.
-            out = model(batch, rngs=nnx.Rngs(dropout=key))
-            # Eq. 5 adds the codebook term while the codebook trains (source stage). Frozen (target stage,
-            # Eq. 3), it has no gradient to give, so the objective, and the logged loss, is the LM loss alone.
-            loss = out["lm_loss"] + out["codebook_loss"] if "codebook" in trainable else out["lm_loss"]
-            return loss, {**out, "loss": loss}
-
-        grads, out = jax.grad(loss_fn, has_aux=True)(state["trainable"])
+        grads, out = gradients(state["trainable"], frozen, batch, key)
         updates, opt_state = optimizer.update(grads, state["opt"], state["trainable"])
         trainable = optax.apply_updates(state["trainable"], updates)
+        trains_codebook = "codebook" in state["trainable"]
         metrics = {
-            "loss": out["loss"],
+            "loss": out["lm_loss"] + out["codebook_loss"] if trains_codebook else out["lm_loss"],
             "lm_loss": out["lm_loss"],
             "codebook_loss": out["codebook_loss"],
             "grad_norm": optax.global_norm(grads),

@@ -78,7 +78,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     del trainable
     totals = zero_totals(config, restart_every)
 
-    train_step = optim.make_train_step(graphdef, optimizer, schedule, restart_every, config.num_train_steps)
+    train_step = optim.make_train_step(
+        graphdef, optimizer, schedule, restart_every, config.num_train_steps, config.micro_batches
+    )
 
     def step_and_accumulate(state, frozen, batch, dropout_key, totals):
         state, metrics = train_step(state, frozen, batch, dropout_key)

@@ -1,5 +1,7 @@
 """SharPT modules and structural freezing, checked against NumPy and against the paper's equations."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -179,6 +181,38 @@ def test_target_stage_has_no_codebook_among_trainable_parameters():
     _, trainable, frozen = optim.split_model(make_model("sharpt"), "sharpt", "target")
     assert "codebook" not in trainable and "codebook" in frozen
     assert set(trainable.keys()) == {"generator"}
+
+
+@pytest.mark.parametrize("method,stage", [("sharpt", "source"), ("prompt_tuning", "target")])
+def test_micro_batches_give_the_full_batch_update(method, stage):
+    """8 rows with different numbers of target tokens, as 1, 2 and 4 micro-batches (no dropout): the same loss,
+    metrics and updated parameters; the LM loss is weighted by each micro-batch's share of target tokens."""
+    model = sharpt.SharPT(
+        T5(dataclasses.replace(T5_TINY, dropout_rate=0.0), rngs=nnx.Rngs(0)),
+        InstanceEncoder(BERT_TINY, "mean", rngs=nnx.Rngs(1)),
+        method=method,
+        prompt_length=PROMPT_LENGTH,
+        num_skills=NUM_SKILLS,
+        beta=0.5,
+        rngs=nnx.Rngs(2),
+    )
+    graphdef, trainable, frozen = optim.split_model(model, method, stage)
+    tx = optim.make_optimizer("adam", 1e-2, warmup_steps=0)
+    batch = make_batch(batch=8)
+    assert len(set(batch["decoder_loss_weights"].sum(1).tolist())) > 1  # The premise: uneven token counts.
+    results = []
+    for micro_batches in (1, 2, 4):
+        step = jax.jit(optim.make_train_step(graphdef, tx, optim.learning_rate_schedule(1e-2, 0), 0, 0, micro_batches))
+        state, metrics = step(optim.init_train_state(trainable, tx), frozen, batch, jax.random.key(0, impl="rbg"))
+        results.append((state["trainable"], metrics))
+    (ref_state, ref_metrics), *others = results
+    for state, metrics in others:
+        for name in ("loss", "lm_loss", "codebook_loss", "grad_norm"):
+            np.testing.assert_allclose(float(metrics[name]), float(ref_metrics[name]), rtol=2e-5, err_msg=name)
+        if "skill_counts" in ref_metrics:
+            np.testing.assert_array_equal(metrics["skill_counts"], ref_metrics["skill_counts"])
+        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["adafactor", "adafactor_t5"])

@@ -129,6 +129,28 @@ def test_meshes_match(source_run, tmp_path, devices, mesh_shape):
     np.testing.assert_allclose([r["loss"] for r in ours], [r["loss"] for r in ref], rtol=1e-3)
 
 
+def test_micro_batches_on_a_mesh_match_the_full_batch(assets, tmp_path):
+    """Mesh 4x2, batch 8 as 2 micro-batches of 4 (each over the 4 data devices), no dropout: the losses of the
+    full-batch run (tests/test_sharpt.py checks the update itself)."""
+    runs = []
+    for micro_batches in (1, 2):
+        # The paper's random start: k-means centroids sit on the samples' few distinct rows, and distances near 0
+        # turn float rounding into large relative changes of the codebook loss (tests/test_embedding_cache.py).
+        config = tiny_config(
+            assets,
+            mesh_shape="4,2",
+            micro_batches=micro_batches,
+            num_train_steps=4,
+            save_every=4,
+            codebook_init="random",
+        )
+        config.t5_random.dropout_rate = 0.0
+        train.train(config, tmp_path / str(micro_batches))
+        runs.append(read_metrics(tmp_path / str(micro_batches)))
+    for name in ("loss", "lm_loss", "codebook_loss", "grad_norm"):
+        np.testing.assert_allclose([r[name] for r in runs[1]], [r[name] for r in runs[0]], rtol=1e-4, err_msg=name)
+
+
 def test_target_starts_from_the_source_codebook_and_generator(assets, source_run, tmp_path):
     _, source = source_run
     target = tiny_config(assets, stage="target", task="rte", num_train_steps=4, source_checkpoint=str(source))
@@ -195,6 +217,8 @@ def test_clear_errors(assets, tmp_path):
     assert "set --config.source_checkpoint" in error_of(tiny_config(assets, **target), tmp_path / "e")
     missing = tiny_config(assets, **target, source_checkpoint=str(tmp_path / "none"))
     assert "no checkpoints under" in error_of(missing, tmp_path / "f")
+    assert "micro_batches=3 does not divide" in error_of(tiny_config(assets, micro_batches=3), tmp_path / "i")
+    assert "does not divide" in error_of(tiny_config(assets, micro_batches=2), tmp_path / "j")  # 4 rows, 8 devices.
     bad_scoring = tiny_config(assets)
     bad_scoring.eval.scoring = "rank"
     assert "config.eval.scoring='rank' is not one of decode, rank_classification" in error_of(
