@@ -52,7 +52,8 @@ def main(argv):
 def _native_stderr_off():
     """Sends file descriptor 2 to /dev/null: TensorFlow's C++ start-up lines (oneDNN, CUDA stubs, some at ERROR
     level, none about the run) are written there before any log level applies (TF_CPP_MIN_LOG_LEVEL included).
-    Python's own errors still reach the terminal: an exception propagates after the descriptor is restored."""
+    Python's own errors still reach the terminal: an exception propagates after the descriptor is restored. A
+    native crash inside these imports would print nothing: run with --verbosity=0 to see it."""
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)

@@ -24,7 +24,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 KMEANS_EXAMPLES_PER_SKILL = 64  # Instances clustered per skill vector for the k-means start.
-KMEANS_ITERATIONS = 30  # Lloyd iterations after the k-means++ seeding (converged well before, in our runs).
+KMEANS_ITERATIONS = 30  # Lloyd iterations after the k-means++ seeding.
 
 
 def kmeans(points: np.ndarray, num_clusters: int, seed: int, iterations: int = KMEANS_ITERATIONS) -> np.ndarray:
