@@ -32,15 +32,12 @@ def main(argv):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's later C++ warnings (read at import).
     # Imported here so that --help and flag errors do not wait for JAX and TensorFlow.
     with contextlib.nullcontext() if verbose else _native_stderr_off():
-        import jax
-
         from sharpt_jax import build, data, demo, evaluate, skills, train
 
         data.keep_tensorflow_off_accelerators()
-    if config.distributed:
-        jax.distributed.initialize()  # Before any JAX computation: every host joins the same runtime.
     runs = {"train": train.train, "eval": evaluate.evaluate_checkpoints, "demo": demo.run, "skills": skills.run}
     try:
+        build.initialize_distributed(config)  # Before any JAX computation: every host joins the same runtime.
         if config.mode not in runs:
             raise build.ConfigError(f"config.mode={config.mode!r} is not one of {', '.join(runs)}")
         runs[config.mode](config, _WORKDIR.value)

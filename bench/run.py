@@ -5,16 +5,20 @@
     python bench/run.py --batch 8 --input-len 128 --steps 5 # the same shapes, sized for a CPU (47 min on 2 cores)
     python bench/run.py --batch 8 --input-len 128 --steps 5 --no-scaling --no-eval \
         --methods sharpt/target,sharpt/target+cache,prompt_tuning/target   # only the SharPT / PromptTuning ratios
+    python bench/run.py --batch 8 --input-len 128 --steps 3 --no-scaling --no-eval \
+        --methods sharpt/target,prompt_tuning/target --layers scan,unroll  # compile and step time, scan vs unrolled
 
 Everything runs in one process on one shape, batch and set of lengths, with random weights. Our steps are the
 project's real `optim.make_train_step`, jitted with `donate_argnums=(0,)`; `sharpt/target+cache` is the SharPT
 target step on batches that carry cached instance embeddings (`config.instance_embedding_cache`: the step never
-runs the encoder). PEFT's is PromptTuningConfig on a PyTorch `T5ForConditionalGeneration` of the same shape with
-the same prompt (encoder input only), Adam and learning rate. The methods (`--methods`: all by default) and PEFT
-are compiled first and then timed in turn, one step each, `--steps` times (the median reported), so that load
-changes on a shared machine fall on all of them alike; each point of the scaling sweeps, the base point included,
-is the median of `--steps` consecutive steps of its program alone. tokens/s counts input plus target tokens
-(B * (T + S)).
+runs the encoder). T5 scans its layers (`jax.lax.scan`) unless `--layers` also or only asks for unrolled ones: the
+program `<method>+unroll` is the same step with the layers unrolled, and with both a table compares their compile
+times (tracing, lowering and compiling the jitted step) and step times. PEFT's is PromptTuningConfig on a PyTorch
+`T5ForConditionalGeneration` of the same shape with the same prompt (encoder input only), Adam and learning rate.
+The methods (`--methods`: all by default) and PEFT are compiled first and then timed in turn, one step each,
+`--steps` times (the median reported), so that load changes on a shared machine fall on all of them alike; each
+point of the scaling sweeps, the base point included, is the median of `--steps` consecutive steps of its program
+alone. tokens/s counts input plus target tokens (B * (T + S)).
 Model FLOPs are counted analytically (`bench/flops.py`, cross-checked against the dot_generals JAX traced);
 MFU divides them by the measured throughput of one large jitted matmul in the same dtype. Markdown tables go
 to stdout, the scaling plot to `--out` (default bench/out), all numbers to `--json`.
@@ -51,6 +55,8 @@ METHODS = {
     "model_tuning/target": dict(method="model_tuning", stage="target"),
 }
 PEFT = "peft"  # The same PromptTuning step in PyTorch with Hugging Face PEFT.
+# --layers: how T5 runs its layers -> the suffix of the program's name.
+LAYERS = {"scan": "", "unroll": "+unroll"}
 # Summary ratios of step times over our PromptTuning step's: program -> key.
 OVER_PROMPT_TUNING = {
     "sharpt/target": "sharpt_over_prompt_tuning",
@@ -392,10 +398,18 @@ def main():
         help=f"comma-separated programs timed on the base point (default all): {', '.join(programs)}",
     )
     parser.add_argument("--no-eval", action="store_true", help="skip the eval-throughput measurement")
+    parser.add_argument(
+        "--layers",
+        default="scan",
+        help="comma-separated: scan (T5's layers under jax.lax.scan) and/or unroll (programs named <method>+unroll)",
+    )
     args = parser.parse_args()
     chosen = args.methods.split(",")
     if unknown := [name for name in chosen if name not in programs]:
         parser.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(programs)}")
+    layers = args.layers.split(",")
+    if unknown := [mode for mode in layers if mode not in LAYERS]:
+        parser.error(f"--layers: unknown {', '.join(unknown)}; choose from {', '.join(LAYERS)}")
     s = settings(args.quick, args.dtype, args.steps, not args.no_scaling, args.batch, args.input_len)
     print(f"# devices: {jax.devices()}  T5 {s.t5}\n# encoder {s.encoder}\n# base point {s.base}", flush=True)
 
@@ -405,7 +419,12 @@ def main():
 
     # --- Methods on the base point ------------------------------------------------------------
     # Compiled first, then timed in turn: the ratios are the figures that matter.
-    points = {name: dataclasses.replace(s.base, **fields) for name, fields in METHODS.items() if name in chosen}
+    points = {
+        name + LAYERS[mode]: dataclasses.replace(s.base, **fields, scan_layers=mode == "scan")
+        for name, fields in METHODS.items()
+        if name in chosen
+        for mode in layers
+    }
     prepared = {name: prepare_train(s, point) for name, point in points.items()}
     runs = {name: run for name, (run, _) in prepared.items()}
     prompt_tuning = dataclasses.replace(s.base, **METHODS["prompt_tuning/target"])
@@ -514,6 +533,17 @@ def main():
             rows,
         )
     )
+    if unrolled := [name for name in methods if name + LAYERS["unroll"] in methods]:
+        print("\n## Scanned against unrolled layers (compile: trace, lower and compile the jitted step)\n")
+        rows = []
+        for name in unrolled:
+            scan, unroll = methods[name], methods[name + LAYERS["unroll"]]
+            compile_s = [scan["compile_s"], unroll["compile_s"]]
+            step_ms = [scan["step_s"] * 1e3, unroll["step_s"] * 1e3]
+            rows.append([name, *compile_s, compile_s[1] / compile_s[0], *step_ms, step_ms[1] / step_ms[0]])
+        ratio = "unroll / scan"
+        header = ["method", "compile s scan", "compile s unroll", ratio, "step ms scan", "step ms unroll", ratio]
+        print(table(header, rows))
     print("\n## Memory of the compiled step (MiB)\n")
     print(
         table(

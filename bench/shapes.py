@@ -59,6 +59,7 @@ class Point:
       num_skills: K codebook vectors; instance_len: I instance-encoder tokens.
       cached_embeddings: the batch carries each instance's e0 (`config.instance_embedding_cache`), so the step
         never runs the instance encoder.
+      scan_layers: T5 runs its layers under `jax.lax.scan` (else unrolled; `sharpt_jax.models.t5`).
     """
 
     method: str
@@ -70,6 +71,7 @@ class Point:
     num_skills: int
     instance_len: int
     cached_embeddings: bool = False
+    scan_layers: bool = True
 
     @property
     def uses_encoder(self) -> bool:
@@ -84,7 +86,7 @@ class Point:
 def build(t5_config: T5Config, bert_config: BertConfig, point: Point, dtype=jnp.float32, seed: int = 0) -> SharPT:
     """The SharPT module of `point.method` with random weights; `dtype` is the backbone's compute dtype."""
     rngs = nnx.Rngs(seed)
-    t5 = T5(t5_config, dtype=dtype, rngs=rngs)
+    t5 = T5(t5_config, dtype=dtype, scan_layers=point.scan_layers, rngs=rngs)
     encoder = InstanceEncoder(bert_config, "cls", dtype=dtype, rngs=rngs) if point.uses_encoder else None
     return SharPT(
         t5,

@@ -101,6 +101,11 @@ def get_config() -> ml_collections.ConfigDict:
     )
     c.t5_vocab = ""  # SentencePiece model; "" = spiece.model in the T5 folder.
     c.backbone_dtype = "bfloat16"  # Compute (and frozen-weight) dtype of T5 and the encoder: bfloat16 | float32.
+    # How T5 runs its stacked layers (same parameters and results either way; sharpt_jax/models/t5.py): scanned with
+    # jax.lax.scan (compiles each stack's layer once) or unrolled, and with each layer rematerialised in the backward
+    # pass (jax.checkpoint saving nothing inside a layer: less activation memory, one more forward pass of compute).
+    c.scan_layers = True
+    c.remat = False
     c.encoder = SIMCSE_BERT_BASE  # Instance encoder: hub id or local BERT-family folder.
     c.encoder_pooling = "pooler"  # cls | pooler | mean; SimCSE's sentence embedding is the pooler output.
     c.encoder_vocab = ""  # WordPiece vocab.txt; "" = vocab.txt in the encoder folder.
@@ -136,7 +141,13 @@ def get_config() -> ml_collections.ConfigDict:
 
     # -- Devices and randomness. --
     c.mesh_shape = "-1,1"  # data,model; -1 = all remaining devices (data parallel by default).
-    c.distributed = False  # Call jax.distributed.initialize() first (multi-host TPU pods and GPU clusters).
+    # Multi-host: every host runs the same command. True joins the hosts with jax.distributed.initialize(), which
+    # finds the three fields below itself on TPU pods, SLURM, Open MPI and Kubernetes; elsewhere set them (then
+    # `distributed` is implied). A run's numbers do not depend on the number of hosts (sharpt_jax/data.py).
+    c.distributed = False
+    c.coordinator_address = ""  # host:port of process 0, e.g. "10.0.0.1:1234"; "" = found by JAX.
+    c.num_processes = 0  # Number of processes (hosts); 0 = found by JAX.
+    c.process_id = -1  # This process's index in [0, num_processes); -1 = found by JAX.
     c.seed = 0  # Seeds the new parameters, the data order and dropout.
 
     # -- Checkpoints, logs, evaluation. --

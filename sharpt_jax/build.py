@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import seqio
 from flax import nnx
+from jax.experimental import multihost_utils
 
 import tasks
 from sharpt_jax import checkpoints, data, hf, optim, sharding
@@ -70,15 +71,41 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    """Joins the multi-host runtime (`jax.distributed.initialize`) when `config.distributed` or any of its three
+    fields is set; unset fields are left to JAX's cluster detection (TPU pods, SLURM, Open MPI, Kubernetes).
+    Call it once per process, before any JAX computation."""
+    explicit = {
+        "coordinator_address": config.coordinator_address or None,
+        "num_processes": config.num_processes if config.num_processes > 0 else None,
+        "process_id": config.process_id if config.process_id >= 0 else None,
+    }
+    if not config.distributed and all(value is None for value in explicit.values()):
+        return
+    if explicit["num_processes"] is not None and explicit["process_id"] is not None:
+        if explicit["process_id"] >= explicit["num_processes"]:
+            raise ConfigError(
+                f"config.process_id={config.process_id} is not below config.num_processes={config.num_processes}"
+            )
+    try:
+        jax.distributed.initialize(**explicit)
+    except (ValueError, RuntimeError) as err:  # Nothing found to fill an unset field, or no coordinator.
+        raise ConfigError(
+            f"jax.distributed.initialize failed ({str(err).splitlines()[0]}); outside TPU pods and SLURM, Open MPI "
+            "or Kubernetes jobs set --config.coordinator_address=HOST:PORT --config.num_processes=N "
+            "--config.process_id=I on every host"
+        ) from err
+
+
 def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     """The device mesh of `config.mesh_shape`, checked against the devices and both batch sizes."""
     try:
         mesh = sharding.make_mesh(config.mesh_shape)
-        data.host_batch_size(config.batch_size, mesh)
-        data.host_batch_size(config.eval.batch_size, mesh)
+        data.check_batch_size(config.batch_size, mesh)
+        data.check_batch_size(config.eval.batch_size, mesh)
         if config.batch_size % config.micro_batches:
             raise ValueError(f"config.micro_batches={config.micro_batches} does not divide config.batch_size")
-        data.host_batch_size(config.batch_size // config.micro_batches, mesh)  # Every micro-batch spans the mesh.
+        data.check_batch_size(config.batch_size // config.micro_batches, mesh)  # Every micro-batch spans the mesh.
     except ValueError as err:
         raise ConfigError(f"config.mesh_shape={config.mesh_shape!r}: {err}") from err
     return mesh
@@ -173,24 +200,43 @@ def configure_tasks(config: ml_collections.ConfigDict, files: Files) -> tuple[st
 # ---------------------------------------------------------------------------------------------
 
 
-def _random_t5(config: ml_collections.ConfigDict, dtype, param_dtype) -> T5:
+def _random_t5(config: ml_collections.ConfigDict, dtype, param_dtype, mesh: jax.sharding.Mesh) -> T5:
+    """A T5 of `config.t5_random` drawn from RANDOM_T5_SEED by one jitted program straight into its shardings
+    (random bits do not depend on the sharding, so every mesh draws the same weights)."""
     vocab_size = registry.OUTPUT_FEATURES["targets"].vocabulary.vocab_size
     t5_config = T5Config(vocab_size=vocab_size, **config.t5_random.to_dict())
-    return T5(t5_config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(RANDOM_T5_SEED))
+
+    def init() -> T5:
+        return T5(
+            t5_config,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            scan_layers=config.scan_layers,
+            remat=config.remat,
+            rngs=nnx.Rngs(RANDOM_T5_SEED),
+        )
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(init))
+    state = jax.jit(lambda: nnx.split(init())[1], out_shardings=sharding.state_shardings(abstract, mesh))()
+    return nnx.merge(graphdef, state)
 
 
 def _state_checksum(module: nnx.Module) -> str:
     """sha256 over a module's parameter paths, shapes and bytes (identifies a randomly initialised backbone)."""
     digest = hashlib.sha256()
     for path, value in sorted(nnx.to_flat_state(nnx.state(module, nnx.Param)), key=lambda kv: kv[0]):
-        array = np.asarray(jax.device_get(value[...]))
+        array = np.asarray(multihost_utils.process_allgather(value[...], tiled=True))  # Whatever its sharding.
         digest.update(f"{optim.path_str(path)}\0{array.shape}\0{array.dtype}\0".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
 
 
-def build_model(config: ml_collections.ConfigDict, files: Files) -> tuple[SharPT, dict]:
+def build_model(config: ml_collections.ConfigDict, files: Files, mesh: jax.sharding.Mesh) -> tuple[SharPT, dict]:
     """The SharPT model of the config (frozen weights loaded, new parameters initialised from config.seed).
+
+    The frozen T5 and instance encoder are built abstractly and their weights placed straight into their
+    shardings on `mesh` (read shard by shard from the checkpoint, or drawn there for a random T5): no full copy
+    ever sits on one device. The new parameters (prompt, codebook, generator) are small and built on the host.
 
     Returns:
       (model, identity): identity records the frozen models, {"t5": {"path", "checksum"}, "encoder": {...}},
@@ -202,13 +248,15 @@ def build_model(config: ml_collections.ConfigDict, files: Files) -> tuple[SharPT
     param_dtype = jnp.float32 if config.method == "model_tuning" else dtype
     try:
         if files.t5_folder is None:
-            t5 = _random_t5(config, dtype, param_dtype)
+            t5 = _random_t5(config, dtype, param_dtype, mesh)
             t5_identity = {"path": RANDOM_T5, "checksum": _state_checksum(t5)}
         else:
-            t5 = hf.load_t5(files.t5_folder, dtype=dtype, param_dtype=param_dtype)
+            t5 = hf.load_t5(
+                files.t5_folder, dtype, param_dtype, scan_layers=config.scan_layers, remat=config.remat, mesh=mesh
+            )
             t5_identity = {"path": str(files.t5_folder), "checksum": checkpoints.folder_checksum(files.t5_folder)}
         encoder = (
-            hf.load_encoder(files.encoder_folder, config.encoder_pooling, dtype=dtype)
+            hf.load_encoder(files.encoder_folder, config.encoder_pooling, dtype=dtype, mesh=mesh)
             if config.method in ("sharpt", "no_latent")
             else None  # The baselines read only its vocabulary (the input pipeline is the same for all).
         )

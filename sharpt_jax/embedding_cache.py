@@ -117,17 +117,16 @@ def _encode(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, mask: j
 def compute_embeddings(encoder: nnx.Module, rows: np.ndarray, batch_size: int, mesh: jax.sharding.Mesh) -> np.ndarray:
     """e0 of every row: int32 [N, I] -> float32 [N, m], in global batches of `batch_size` split over 'data'.
 
-    Every host holds all rows and feeds its slice of each batch (as evaluation does); the last batch is padded
+    Every host holds all rows and places those of its devices (as evaluation does); the last batch is padded
     with zero rows, whose outputs are dropped. The mask is the feature converter's: 1 where the token is not 0.
     """
     graphdef, state = nnx.split(encoder)
     state = jax.device_put(state, sharding.state_shardings(state, mesh))
-    local = data.host_batch_size(batch_size, mesh)
-    mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+    data.check_batch_size(batch_size, mesh)
     out = []
     for start in range(0, len(rows), batch_size):
         tokens = rows[start : start + batch_size]
-        tokens = np.pad(tokens, [(0, batch_size - len(tokens)), (0, 0)])[mine]
+        tokens = np.pad(tokens, [(0, batch_size - len(tokens)), (0, 0)])
         batch = data.to_global({"tokens": tokens, "mask": (tokens != 0).astype(np.int32)}, mesh)
         e0 = _encode(graphdef, state, batch["tokens"], batch["mask"])
         out.append(np.asarray(multihost_utils.process_allgather(e0, tiled=True), np.float32))
@@ -190,7 +189,9 @@ def for_run(
         return None
     path, fields = cache_file(config, task, identity)
     is_main = jax.process_index() == 0
-    if path.exists():
+    # The first host's view decides for all: a host that found the file just written would skip the collective
+    # encoder pass that the others are in.
+    if multihost_utils.broadcast_one_to_all(np.bool_(path.exists())):
         table = load(path)
         if is_main:
             print(f"instance embeddings: {len(table.tokens):,} rows read from {path}", flush=True)

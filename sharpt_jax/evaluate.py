@@ -426,7 +426,7 @@ def model_of_run(config, files, metadata: dict, mesh: jax.sharding.Mesh):
     """(graphdef, trainable, frozen) of the run that wrote the checkpoints, placed on `mesh`; the trainable
     part holds the initial values (each checkpoint replaces them). A target run's frozen codebook comes from
     the source checkpoint its metadata names."""
-    model, identity = build.build_model(config, files)
+    model, identity = build.build_model(config, files, mesh)
     build.check_same_models(metadata["identity"], identity, "the run being scored")
     if metadata.get("source"):
         source = config.copy_and_resolve_references()

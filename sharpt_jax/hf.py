@@ -3,18 +3,26 @@
 A folder (or a hub id, when the network allows) holds `config.json` and the weights as
 `model.safetensors` (possibly sharded, with `model.safetensors.index.json`) or, only when nothing
 else exists, `pytorch_model.bin` (read through torch). Each loader maps Hugging Face parameter
-names onto our NNX parameter paths; every model parameter must be set from exactly one checkpoint
-tensor of the right shape and every checkpoint tensor must be used, otherwise `CheckpointError`
-names the file and the parameter.
+names onto our NNX parameter paths (a stacked layer parameter onto one tensor per layer); every model
+parameter must be set from checkpoint tensors of the right shape and every checkpoint tensor must be
+used, otherwise `CheckpointError` names the file and the parameter.
+
+Loading never holds a model twice: the module is built abstractly (`nnx.eval_shape`), every name and
+shape is checked from the safetensors headers alone, then each parameter is read (plain file reads)
+and placed straight into its sharding on the device mesh, one at a time (`load_params`). Loading a
+T5-large-shaped checkpoint onto 8 CPU devices peaks at 1.17x the checkpoint's bytes of host memory,
+the placed weights included (`bench/load_memory.py`).
 """
 
 import dataclasses
+import functools
 import json
 import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -65,13 +73,63 @@ def read_config(folder: Path) -> dict:
     return json.loads(config_file.read_text())
 
 
-def read_weights(folder: Path) -> tuple[dict[str, np.ndarray], str]:
-    """Returns ({hf_name: array}, description of the file(s) read). bfloat16 stays bfloat16."""
+@dataclasses.dataclass(frozen=True)
+class SafetensorsTensor:
+    """One tensor of a .safetensors file, read only when asked (`np.asarray(tensor)`): a large checkpoint is never
+    held in host memory at once, and plain reads (no memory map) leave no file pages in the process."""
+
+    file: Path
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int  # Of the tensor's first byte in the file.
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        count = int(np.prod(self.shape))
+        array = np.fromfile(self.file, dtype=self.dtype, count=count, offset=self.offset).reshape(self.shape)
+        return array if dtype is None else array.astype(dtype)
+
+
+# The safetensors format's dtype names; ml_dtypes' bfloat16 (jnp.bfloat16) keeps bfloat16 tensors bfloat16.
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": jnp.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def safetensors_index(file: Path) -> dict[str, SafetensorsTensor]:
+    """{name: SafetensorsTensor} from the file's header: an 8-byte little-endian header size, a JSON header of
+    {name: {"dtype", "shape", "data_offsets": [begin, end]}} and the data, offsets counted from its start."""
+    with open(file, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_size))
+    header.pop("__metadata__", None)
+    tensors = {}
+    for name, info in header.items():
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{file}: tensor {name!r} has dtype {info['dtype']}, which we do not read")
+        tensors[name] = SafetensorsTensor(
+            file,
+            np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]),
+            tuple(info["shape"]),
+            8 + header_size + info["data_offsets"][0],
+        )
+    return tensors
+
+
+def read_weights(folder: Path) -> tuple[dict[str, SafetensorsTensor | np.ndarray], str]:
+    """Returns ({hf_name: tensor}, description of the file(s) read). Safetensors tensors are read when used
+    (`np.asarray`); a PyTorch pickle, the fallback, is read whole. bfloat16 stays bfloat16."""
     index = folder / "model.safetensors.index.json"
     single = folder / "model.safetensors"
     if single.is_file() or index.is_file():
-        from safetensors import safe_open
-
         files = (
             [single]
             if single.is_file()
@@ -79,10 +137,7 @@ def read_weights(folder: Path) -> tuple[dict[str, np.ndarray], str]:
         )
         weights = {}
         for file in files:
-            # framework="flax" keeps bfloat16 tensors, which the numpy reader rejects.
-            with safe_open(file, framework="flax") as f:
-                for name in f.keys():
-                    weights[name] = np.asarray(f.get_tensor(name))
+            weights.update(safetensors_index(file))
         return weights, ", ".join(str(f) for f in files)
     bin_file = folder / "pytorch_model.bin"
     if bin_file.is_file():
@@ -103,17 +158,20 @@ def read_weights(folder: Path) -> tuple[dict[str, np.ndarray], str]:
 
 
 class WeightReader:
-    """Hands out checkpoint tensors by Hugging Face name and remembers which ones were used."""
+    """Hands out checkpoint tensors (unread: see `read_weights`) by Hugging Face name; each may be taken once, and
+    all must be."""
 
-    def __init__(self, weights: dict[str, np.ndarray], source: str):
+    def __init__(self, weights: dict, source: str):
         self.weights, self.source, self.used = weights, source, set()
 
     def has(self, name: str) -> bool:
         return name in self.weights
 
-    def take(self, name: str) -> np.ndarray:
+    def take(self, name: str):
         if name not in self.weights:
             raise CheckpointError(f"{self.source}: missing weight {name!r}")
+        if name in self.used:
+            raise ValueError(f"{name!r} is mapped onto two parameters (a bug in the loader's name table)")
         self.used.add(name)
         return self.weights[name]
 
@@ -125,53 +183,78 @@ class WeightReader:
             raise CheckpointError(f"{self.source}: unused weights (unsupported variant?): {shown}")
 
 
-def take_params(
-    model: nnx.Module, reader: WeightReader, hf_name: Callable[[str], str]
-) -> dict[str, tuple[str, np.ndarray]]:
-    """{our parameter path: (hf name, array)} for every `nnx.Param` of `model`, named by `hf_name(path)`.
-
-    Every `.../kernel` is a torch Linear weight [out, in] in the checkpoint and is transposed to our [in, out].
-    """
-    values = {}
-    for param_path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        name = "/".join(str(k) for k in param_path)
-        array = reader.take(hf_name(name))
-        values[name] = (hf_name(name), array.T if name.endswith("/kernel") else array)
-    return values
+# The Hugging Face name(s) of one of our parameters: one tensor, or a list of per-layer tensors that are stacked
+# on the parameter's leading 'layers' axis.
+HFNames = str | list[str]
 
 
-def assign_params(
+def check_shapes(path: str, names: HFNames, tensors: list, shape: tuple[int, ...], source: str) -> None:
+    """CheckpointError naming the tensor at fault unless the `tensors` of `names` make our parameter `path` of
+    `shape` (per layer for a stacked parameter; a `.../kernel` is a torch Linear weight [out, in], our [in, out])."""
+    stacked = isinstance(names, list)
+    expected = shape[1:] if stacked else shape
+    for name, tensor in zip(names if stacked else [names], tensors, strict=True):
+        ours = tuple(reversed(tensor.shape)) if path.endswith("/kernel") else tuple(tensor.shape)
+        if ours != expected:
+            raise CheckpointError(
+                f"{source}: shape mismatch for {name!r} -> {path}: checkpoint {tuple(tensor.shape)}"
+                f"{' (transposed: ' + str(ours) + ')' if path.endswith('/kernel') else ''}, config expects "
+                f"{expected}" + (" per layer" if stacked else "")
+            )
+
+
+def read_param(path: str, tensors: list, shape: tuple[int, ...], stacked: bool) -> np.ndarray:
+    """The value of our parameter `path` of `shape` from its checkpoint tensors, read now (one, or one per layer
+    written into its slot of the stacked value), transposed for a `.../kernel`."""
+    transpose = path.endswith("/kernel")
+    if not stacked:
+        array = np.asarray(tensors[0])
+        return array.T if transpose else array
+    value = np.empty(shape, tensors[0].dtype)
+    for i, tensor in enumerate(tensors):
+        array = np.asarray(tensor)
+        value[i] = array.T if transpose else array
+    return value
+
+
+def load_params(
     model: nnx.Module,
-    values: dict[str, tuple[str, np.ndarray]],
-    source: str,
+    reader: WeightReader,
+    hf_names: Callable[[str], HFNames],
     dtype: jnp.dtype,
+    mesh: jax.sharding.Mesh | None,
+    ignore: Iterable[str] = (),
 ) -> None:
-    """Sets every `nnx.Param` of `model` from `values` in place.
+    """Sets every `nnx.Param` of the abstract `model` (`nnx.eval_shape`) from its checkpoint tensors, in place.
 
-    Args:
-      model: the freshly built module (its random values are replaced).
-      values: {our '/'-joined parameter path: (hf name it came from, array)}.
-      source: the file(s) read, for error messages.
-      dtype: storage dtype of the loaded parameters.
+    Every name and shape is checked before anything is read. Then the parameters are read one at a time, each
+    placed straight into its sharding on `mesh` (`sharding.state_shardings`; every device gets only its shard,
+    cast to `dtype`) and dropped from host memory, so loading holds at most one parameter besides the placed
+    weights. `mesh` None places everything on this process's first device.
     """
+    from sharpt_jax import sharding  # Here: sharding is light, but keeps hf importable on its own.
+
+    if mesh is None:
+        mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:1]).reshape(1, 1), sharding.MESH_AXES)
     state = nnx.state(model, nnx.Param)
     flat = dict(nnx.to_flat_state(state))
-    ours = {"/".join(str(k) for k in path): path for path in flat}
-    missing = sorted(set(ours) - set(values))
-    if missing:
-        raise CheckpointError(f"{source}: no checkpoint tensor for model parameter(s) {', '.join(missing[:8])}")
-    extra = sorted(set(values) - set(ours))
-    if extra:
-        raise CheckpointError(f"{source}: mapped onto unknown model parameter(s) {', '.join(extra[:8])}")
-    for name, path in ours.items():
-        hf_name, array = values[name]
-        expected = tuple(flat[path].shape)
-        if tuple(array.shape) != expected:
-            raise CheckpointError(
-                f"{source}: shape mismatch for {hf_name!r} -> {name}: checkpoint {tuple(array.shape)}, "
-                f"config expects {expected}"
-            )
-        flat[path] = flat[path].replace(jnp.asarray(array, dtype=dtype))
+    placement = dict(nnx.to_flat_state(sharding.state_shardings(state, mesh)))
+    sources = {}
+    for param_path, variable in flat.items():
+        path = "/".join(str(k) for k in param_path)
+        names = hf_names(path)
+        tensors = [reader.take(name) for name in (names if isinstance(names, list) else [names])]
+        check_shapes(path, names, tensors, tuple(variable.shape), reader.source)
+        sources[param_path] = (path, tensors, isinstance(names, list))
+    reader.check_all_used(ignore)
+    for param_path, variable in flat.items():
+        path, tensors, stacked = sources.pop(param_path)
+        value = read_param(path, tensors, tuple(variable.shape), stacked)
+        array = jax.make_array_from_callback(
+            value.shape, placement[param_path].get_value(), lambda index, value=value: value[index].astype(dtype)
+        )
+        flat[param_path] = variable.replace(array)
+        del value
     nnx.update(model, nnx.from_flat_state(flat))
 
 
@@ -181,19 +264,20 @@ def assign_params(
 
 # Our '/'-joined parameter path (regex) -> Hugging Face name. Every `.../kernel` is a torch Linear weight
 # [out, in] and is transposed; the embedding table and the relative position bias are stored as we use them.
+# A name with {i} is a per-layer tensor: the parameter stacks layers i = 0, 1, ... on its leading 'layers' axis.
 _T5_NAMES = (
     (r"shared/embedding", r"shared.weight"),
     (r"lm_head/kernel", r"lm_head.weight"),
     (r"(encoder|decoder)/relpos", r"\1.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
     (r"(encoder|decoder)/final_norm/scale", r"\1.final_layer_norm.weight"),
-    (r"(encoder|decoder)/blocks/(\d+)/self_norm/scale", r"\1.block.\2.layer.0.layer_norm.weight"),
-    (r"(encoder|decoder)/blocks/(\d+)/self_attn/(\w)/kernel", r"\1.block.\2.layer.0.SelfAttention.\3.weight"),
-    (r"decoder/blocks/(\d+)/cross_norm/scale", r"decoder.block.\1.layer.1.layer_norm.weight"),
-    (r"decoder/blocks/(\d+)/cross_attn/(\w)/kernel", r"decoder.block.\1.layer.1.EncDecAttention.\2.weight"),
-    (r"encoder/blocks/(\d+)/ffn_norm/scale", r"encoder.block.\1.layer.1.layer_norm.weight"),
-    (r"encoder/blocks/(\d+)/ffn/(\w+)/kernel", r"encoder.block.\1.layer.1.DenseReluDense.\2.weight"),
-    (r"decoder/blocks/(\d+)/ffn_norm/scale", r"decoder.block.\1.layer.2.layer_norm.weight"),
-    (r"decoder/blocks/(\d+)/ffn/(\w+)/kernel", r"decoder.block.\1.layer.2.DenseReluDense.\2.weight"),
+    (r"(encoder|decoder)/blocks/self_norm/scale", r"\1.block.{i}.layer.0.layer_norm.weight"),
+    (r"(encoder|decoder)/blocks/self_attn/(\w)/kernel", r"\1.block.{i}.layer.0.SelfAttention.\2.weight"),
+    (r"decoder/blocks/cross_norm/scale", r"decoder.block.{i}.layer.1.layer_norm.weight"),
+    (r"decoder/blocks/cross_attn/(\w)/kernel", r"decoder.block.{i}.layer.1.EncDecAttention.\1.weight"),
+    (r"encoder/blocks/ffn_norm/scale", r"encoder.block.{i}.layer.1.layer_norm.weight"),
+    (r"encoder/blocks/ffn/(\w+)/kernel", r"encoder.block.{i}.layer.1.DenseReluDense.\1.weight"),
+    (r"decoder/blocks/ffn_norm/scale", r"decoder.block.{i}.layer.2.layer_norm.weight"),
+    (r"decoder/blocks/ffn/(\w+)/kernel", r"decoder.block.{i}.layer.2.DenseReluDense.\1.weight"),
 )
 # Checkpoint tensors that need no parameter of their own: copies of `shared.weight` (the tied lm_head is one
 # when the model is tied; an untied lm_head is used, so never reported), and a cross-attention position bias
@@ -205,22 +289,39 @@ _T5_IGNORED = (
 )
 
 
-def _t5_hf_name(path: str) -> str:
+def _t5_hf_names(path: str, config) -> HFNames:
+    """The Hugging Face name(s) of our T5 parameter `path` (see `_T5_NAMES`) for a model of `config`."""
     for pattern, template in _T5_NAMES:
         match = re.fullmatch(pattern, path)
         if match:
-            return match.expand(template)
+            name = match.expand(template)
+            if "{i}" not in name:
+                return name
+            num_layers = config.num_decoder_layers if path.startswith("decoder/") else config.num_layers
+            return [name.format(i=i) for i in range(num_layers)]
     raise ValueError(f"T5 parameter {path} has no Hugging Face name in _T5_NAMES")
 
 
-def load_t5(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype | None = None):
+def load_t5(
+    path: str | os.PathLike,
+    dtype: jnp.dtype = jnp.float32,
+    param_dtype: jnp.dtype | None = None,
+    scan_layers: bool = True,
+    remat: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+):
     """Builds our `T5` from a Hugging Face `T5ForConditionalGeneration` folder (or hub id).
+
+    The model is built abstractly and each weight is read and placed straight into its sharding on `mesh` (see
+    `load_params`): a model larger than one device, or than twice the host's memory, loads.
 
     Args:
       path: a folder holding config.json and the weights, or a hub model id.
       dtype: compute dtype of the returned model (float32 or bfloat16).
       param_dtype: storage dtype of its weights; None means `dtype` (a frozen backbone); float32 with a
         bfloat16 `dtype` keeps trained weights exact (ModelTuning).
+      scan_layers, remat: how the model runs its layers (`sharpt_jax.models.t5`); the weights are the same.
+      mesh: the device mesh to place the weights on (`sharpt_jax.sharding`); None: this process's first device.
 
     Returns:
       `sharpt_jax.models.t5.T5` holding the checkpoint's weights.
@@ -240,15 +341,17 @@ def load_t5(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32, param_dtype
     if config.tie_word_embeddings and lm_head is not None and shared is not None:
         # transformers 5 writes tie_word_embeddings=true into every T5 config, also for v1.1 models whose
         # lm_head differs from the embedding; like Hugging Face, a distinct lm_head in the file wins.
-        if not np.array_equal(lm_head, shared):
+        if not np.array_equal(np.asarray(lm_head), np.asarray(shared)):
             config = dataclasses.replace(config, tie_word_embeddings=False)
     # Abstract build: the random init of a large model would only be thrown away.
     param_dtype = dtype if param_dtype is None else param_dtype
-    model = nnx.eval_shape(lambda: t5.T5(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
-    reader = WeightReader(weights, source)
-    values = take_params(model, reader, _t5_hf_name)
-    reader.check_all_used(ignore=_T5_IGNORED)
-    assign_params(model, values, source, param_dtype)
+    model = nnx.eval_shape(
+        lambda: t5.T5(
+            config, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers, remat=remat, rngs=nnx.Rngs(0)
+        )
+    )
+    hf_names = functools.partial(_t5_hf_names, config=config)
+    load_params(model, WeightReader(weights, source), hf_names, param_dtype, mesh, ignore=_T5_IGNORED)
     return model
 
 
@@ -284,7 +387,12 @@ def _encoder_hf_name(path: str) -> str:
     raise ValueError(f"encoder parameter {path} has no Hugging Face name in _ENCODER_MODULES")
 
 
-def load_encoder(path: str | os.PathLike, pooling: str = "cls", dtype: jnp.dtype = jnp.float32):
+def load_encoder(
+    path: str | os.PathLike,
+    pooling: str = "cls",
+    dtype: jnp.dtype = jnp.float32,
+    mesh: jax.sharding.Mesh | None = None,
+):
     """Builds our `InstanceEncoder` from a Hugging Face BERT or RoBERTa folder (or hub id).
 
     Reads `BertModel` / `RobertaModel` folders and the task-model folders that wrap them
@@ -296,6 +404,8 @@ def load_encoder(path: str | os.PathLike, pooling: str = "cls", dtype: jnp.dtype
       path: a folder holding config.json and the weights, or a hub model id.
       pooling: 'cls', 'pooler' or 'mean' (see `sharpt_jax.models.encoder`).
       dtype: storage and compute dtype of the returned encoder (float32 or bfloat16); it returns float32.
+      mesh: the device mesh to place the weights on, each read and placed into its sharding (`load_params`);
+        None: this process's first device.
 
     Returns:
       `sharpt_jax.models.encoder.InstanceEncoder` holding the checkpoint's weights.
@@ -326,14 +436,11 @@ def load_encoder(path: str | os.PathLike, pooling: str = "cls", dtype: jnp.dtype
     model = nnx.eval_shape(
         lambda: encoder.InstanceEncoder(config, pooling, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0))
     )
-    reader = WeightReader(weights, source)
-    values = take_params(model, reader, lambda name: prefix + _encoder_hf_name(name))
     escaped = re.escape(prefix)
     ignore = [rf"{escaped}embeddings\.(position_ids|token_type_ids)"]  # Buffers, not parameters.
     if prefix:
         ignore.append(rf"(?!{escaped}).*")  # Everything outside the prefix belongs to the task heads.
     if pooling != "pooler":
         ignore.append(rf"{escaped}pooler\..*")
-    reader.check_all_used(ignore=ignore)
-    assign_params(model, values, source, dtype)
+    load_params(model, WeightReader(weights, source), lambda name: prefix + _encoder_hf_name(name), dtype, mesh, ignore)
     return model

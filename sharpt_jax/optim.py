@@ -84,21 +84,59 @@ def make_optimizer(name: str, learning_rate: float, warmup_steps: int) -> optax.
                   1e-5 (param <- (1 - 1e-5) param - update, not scaled by the learning rate, as in T5X).
     adafactor_t5  T5's fine-tuning Adafactor (T5X's defaults): the same, with updates scaled by each parameter
                   block's RMS (at least 1e-3) and no weight decay.
+
+    Adafactor's statistics are per parameter block, and each layer of a stacked T5 parameter is a block of its own
+    (`per_layer`), as in T5X; Adam is elementwise, so stacking cannot change it.
     """
     schedule = learning_rate_schedule(learning_rate, warmup_steps)
     if name == "adam":
         return optax.adam(schedule)
     if name in ("adafactor", "adafactor_t5"):
         prompt_tuning = name == "adafactor"
-        return optax.adafactor(
-            schedule,
-            decay_rate=0.8,
-            clipping_threshold=1.0,
-            momentum=None,
-            multiply_by_parameter_scale=not prompt_tuning,
-            weight_decay_rate=1e-5 if prompt_tuning else None,
+        return per_layer(
+            optax.adafactor(
+                schedule,
+                decay_rate=0.8,
+                clipping_threshold=1.0,
+                momentum=None,
+                multiply_by_parameter_scale=not prompt_tuning,
+                weight_decay_rate=1e-5 if prompt_tuning else None,
+            )
         )
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def is_stacked(leaf) -> bool:
+    """Whether a parameter holds stacked layers: its logical axes (an `nnx.Variable`'s metadata) start with
+    'layers', as a T5 stack's do (`sharpt_jax.models.t5.Stack`)."""
+    return isinstance(leaf, nnx.Variable) and (leaf.get_metadata().get("out_sharding") or (None,))[0] == "layers"
+
+
+def per_layer(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`inner` run on every parameter alone, and vmapped over the leading axis of stacked ones (`is_stacked`).
+
+    For transformations whose statistics are per parameter (Adafactor's factored second moments, update clipping
+    and parameter scale): on a stacked [layers, ...] parameter they would otherwise pool all layers, while T5X's
+    Adafactor treats a scanned 'layers' axis as a batch axis. The update of a stacked parameter then equals the
+    updates of its layers as separate parameters. The state is a list of `inner`'s states, one per parameter;
+    `update` needs `params` (the step passes them).
+    """
+
+    def flatten(tree):
+        return jax.tree.flatten(tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+    def one(leaf) -> optax.GradientTransformation:
+        return optax.GradientTransformation(jax.vmap(inner.init), jax.vmap(inner.update)) if is_stacked(leaf) else inner
+
+    def init(params):
+        return [one(p).init(p) for p in flatten(params)[0]]
+
+    def update(updates, state, params):
+        leaves, treedef = flatten(updates)
+        new = [one(u).update(u, s, p) for u, s, p in zip(leaves, state, flatten(params)[0], strict=True)]
+        return treedef.unflatten([u for u, _ in new]), [s for _, s in new]
+
+    return optax.GradientTransformation(init, update)
 
 
 # ---------------------------------------------------------------------------------------------

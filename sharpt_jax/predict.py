@@ -169,7 +169,7 @@ class Predictor:
         self.adapters, self.batch_size = list(adapters), batch_size
         self.mesh = mesh if mesh is not None else sharding.make_mesh("-1,1")
         try:
-            data.host_batch_size(batch_size, self.mesh)
+            data.check_batch_size(batch_size, self.mesh)
         except ValueError as err:
             raise AdapterError(f"--batch_size {batch_size}: {err}") from err
         first = self.adapters[0]
@@ -198,7 +198,7 @@ class Predictor:
         # The vocabularies of every task; the data folder (unused here) stays as the caller set it.
         settings = registry.SETTINGS
         tasks.configure(settings.data_dir, files.t5_vocab, files.encoder_vocab, settings.mixture_cap)
-        backbone, identity = build.build_model(config, files)
+        backbone, identity = build.build_model(config, files, self.mesh)
         for adapter in self.adapters:
             _check_same_backbone(adapter, None, identity)
         nnx.update(backbone, self._placed(nnx.state(backbone)))
@@ -335,8 +335,8 @@ class Predictor:
     def _run(self, chunk: list[int], adapter_of, tasks_of, features) -> tuple[list[str], np.ndarray]:
         """Texts and skills of the examples `chunk` (one group), padded to a full batch with zero rows."""
         pad = self.batch_size - len(chunk)
-        host = {key: np.pad(value[chunk], [(0, pad)] + [(0, 0)] * (value.ndim - 1)) for key, value in features.items()}
-        batch = data.to_global(host, self.mesh)
+        rows = {key: np.pad(value[chunk], [(0, pad)] + [(0, 0)] * (value.ndim - 1)) for key, value in features.items()}
+        batch = data.to_global(rows, self.mesh)
         task, adapter = tasks_of[chunk[0]], int(adapter_of[chunk[0]])
         if self._ranks(self.adapters[adapter], task):
             label_names = evaluate.task_eval_of(task).label_names

@@ -6,6 +6,8 @@ strategy: batch over 'data', the backbone's heads / mlp / vocab dimensions over 
 parallelism), prompts, generator and codebook replicated (they are small and read by every example).
 """
 
+import math
+
 import jax
 import numpy as np
 from flax import nnx
@@ -22,6 +24,7 @@ LOGICAL_AXIS_RULES: dict[str, str | None] = {
     "relpos": None,
     "prompt": None,
     "codebook": None,
+    "layers": None,  # The stacked layers of a T5 stack (scanned over, so never split across devices).
 }
 MESH_AXES = ("data", "model")
 
@@ -42,10 +45,27 @@ def parse_mesh_shape(mesh_shape: str | tuple[int, int], num_devices: int) -> tup
 
 
 def make_mesh(mesh_shape: str | tuple[int, int]) -> jax.sharding.Mesh:
+    """The ('data', 'model') mesh over every device of every host; ValueError if a 'model' group spans hosts."""
     # Auto axes: jit propagates shardings from the annotated inputs and outputs (the classic pjit model), so the
     # model code needs no explicit resharding.
     auto = jax.sharding.AxisType.Auto
-    return jax.make_mesh(parse_mesh_shape(mesh_shape, jax.device_count()), MESH_AXES, axis_types=(auto, auto))
+    mesh = jax.make_mesh(parse_mesh_shape(mesh_shape, jax.device_count()), MESH_AXES, axis_types=(auto, auto))
+    check_hosts_along_data(mesh)
+    return mesh
+
+
+def check_hosts_along_data(mesh: jax.sharding.Mesh) -> None:
+    """ValueError unless the hosts split the mesh along 'data', i.e. each 'model' group (a row of the mesh) lies
+    on one host: tensor parallelism exchanges activations in every layer, which only a host's own interconnect
+    (ICI, NVLink) carries at speed, while data parallelism exchanges gradients once per step."""
+    for row in mesh.devices:
+        hosts = sorted({device.process_index for device in row})
+        if len(hosts) > 1:
+            local, model = jax.local_device_count(), mesh.shape["model"]
+            raise ValueError(
+                f"the 'model' axis of size {model} would span hosts {hosts} (each has {local} devices); use a "
+                f"'model' size that divides {local}, e.g. mesh_shape=-1,{math.gcd(local, model)}"
+            )
 
 
 def logical_to_spec(axes: tuple[str | None, ...] | None) -> PartitionSpec:

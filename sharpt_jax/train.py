@@ -50,7 +50,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     # ---------------------------------------------------------------------------------------------
     # Model: build, start from the source run (target stage), split into trainable and frozen.
     # ---------------------------------------------------------------------------------------------
-    model, identity = build.build_model(config, files)
+    model, identity = build.build_model(config, files, mesh)
     source = build.restore_source(model, config, identity) if build.needs_source(config) else None
     # With config.instance_embedding_cache, each training example's e0 is computed once (or read back) and the
     # batches carry it, so the step never runs the encoder (sharpt_jax.embedding_cache); None otherwise.
@@ -176,7 +176,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
 
         # -- Checkpoint. --
         if save_now:
-            metadata = {"step": step, "examples_seen_per_host": step * data.host_batch_size(config.batch_size, mesh)}
+            metadata = {"step": step, "examples_seen": step * config.batch_size}
             ckpts.save(step, state, {**metadata, **run_record, "config": config.to_dict()})
     ckpts.close()
     if writer is not None:

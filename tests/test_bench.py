@@ -11,23 +11,25 @@ from sharpt_jax import optim
 
 T5 = shapes.t5_v1_1(32, 64, 2, 2, vocab_size=100)
 ENCODER = shapes.bert(16, 1, 2, vocab_size=50)
+# (method, stage, cached instance embeddings, T5 layers scanned)
 METHODS = [
-    ("sharpt", "source", False),
-    ("sharpt", "target", False),
-    ("sharpt", "target", True),
-    ("no_latent", "target", False),
-    ("no_latent", "target", True),
-    ("prompt_tuning", "target", False),
-    ("model_tuning", "target", False),
+    ("sharpt", "source", False, True),
+    ("sharpt", "target", False, True),
+    ("sharpt", "target", True, True),
+    ("no_latent", "target", False, True),
+    ("no_latent", "target", True, True),
+    ("prompt_tuning", "target", False, True),
+    ("prompt_tuning", "target", False, False),
+    ("model_tuning", "target", False, True),
 ]
 
 
-@pytest.mark.parametrize("method,stage,cached", METHODS)
-def test_analytic_flops_equal_traced_matmuls(method, stage, cached):
+@pytest.mark.parametrize("method,stage,cached,scan_layers", METHODS)
+def test_analytic_flops_equal_traced_matmuls(method, stage, cached, scan_layers):
     """The analytic count equals the dot_generals JAX traces for the real train step (no frozen weight grads;
-    with cached instance embeddings, no encoder at all)."""
+    with cached instance embeddings, no encoder at all; scanned layers counted once per layer)."""
     point = shapes.Point(method, stage, 2, input_len=7, target_len=5, prompt_len=3, num_skills=11, instance_len=6)
-    point = dataclasses.replace(point, cached_embeddings=cached)
+    point = dataclasses.replace(point, cached_embeddings=cached, scan_layers=scan_layers)
     graphdef, trainable, frozen = optim.split_model(shapes.build(T5, ENCODER, point), method, stage)
     optimizer = optim.make_optimizer("adam", 0.3, 0)
     step = optim.make_train_step(graphdef, optimizer, optim.learning_rate_schedule(0.3, 0))

@@ -76,9 +76,9 @@ def test_kmeans_start_is_the_kmeans_of_the_first_batches(assets, tmp_path):
     saved = checkpoints.Checkpoints(tmp_path)
     files = build.resolve_files(config)
     train_task, _ = build.configure_tasks(config, files)
-    model, _ = build.build_model(config, files)
-    graphdef, trainable, frozen = optim.split_model(model, "sharpt", "source")
     mesh = build.make_mesh(config)
+    model, _ = build.build_model(config, files, mesh)
+    graphdef, trainable, frozen = optim.split_model(model, "sharpt", "source")
     batches = data.train_batches(train_task, config.sequence_length.to_dict(), config.batch_size, mesh, config.seed)
     embeddings = []
     while sum(map(len, embeddings)) < codebook.KMEANS_EXAMPLES_PER_SKILL * config.num_skills:

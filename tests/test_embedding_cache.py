@@ -86,8 +86,8 @@ def test_another_encoder_builds_its_own_table(assets, cached_run, tmp_path):
     other.encoder = str(make_tiny_bert(tmp_path / "other_bert", seed=1))
     files = build.resolve_files(other)
     task, _ = build.configure_tasks(other, files)
-    model, identity = build.build_model(other, files)
     mesh = build.make_mesh(other)
+    model, identity = build.build_model(other, files, mesh)
     table = embedding_cache.for_run(other, task, model, identity, mesh)
     assert table.path != first and table.path.exists() and first.stat().st_mtime_ns == built
     ours = embedding_cache.load(first)

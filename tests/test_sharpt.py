@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -236,6 +237,53 @@ def test_adafactor_first_step_matches_t5x_by_hand(name):
     else:
         expected = -0.3 * np.sqrt(np.mean(param**2)) * y
     np.testing.assert_allclose(np.asarray(updates), expected, rtol=2e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_stacked_layers_get_the_updates_of_separate_layers(name):
+    """Two steps on parameters whose layers are stacked [3, ...] (as a T5 stack holds them) equal the steps on
+    the three layers as parameters of their own, with layers of different scales: Adafactor's factored moments,
+    update clipping and parameter scale are per layer, as in T5X (unmarked, the same stacked arrays would pool
+    the layers); Adam is elementwise."""
+    rng = np.random.default_rng(0)
+    layer_scales = np.array([1.0, 4.0, 0.25])
+    stacked_axes = {"kernel": ("layers", "embed", "mlp"), "scale": ("layers", "embed")}  # [128, 256] is factored.
+    shapes = {"kernel": (3, 128, 256), "scale": (3, 128), "embedding": (130, 128)}
+    axes = {**stacked_axes, "embedding": ("vocab", "embed")}
+
+    def draw():
+        arrays = {k: rng.normal(size=shape).astype(np.float32) for k, shape in shapes.items()}
+        for k in stacked_axes:
+            arrays[k] *= layer_scales.reshape(-1, *[1] * (arrays[k].ndim - 1))
+        return arrays
+
+    def as_params(arrays):  # What the trainer holds: nnx Variables naming their logical axes.
+        return {k: nnx.Param(jnp.asarray(v), out_sharding=axes[k], eager_sharding=False) for k, v in arrays.items()}
+
+    def as_layers(arrays):
+        separate = {f"{k}_{i}": jnp.asarray(arrays[k][i]) for k in stacked_axes for i in range(3)}
+        return {**separate, "embedding": jnp.asarray(arrays["embedding"])}
+
+    def steps(params, grads):
+        tx = optim.make_optimizer(name, 0.3, warmup_steps=0)
+        state, updates = tx.init(params), []
+        for g in grads:
+            u, state = tx.update(g, state, params)
+            params = optax.apply_updates(params, u)
+            updates.append(jax.tree.map(np.asarray, u))
+        return updates
+
+    params, grads = draw(), [draw(), draw()]
+    stacked = steps(as_params(params), [as_params(g) for g in grads])
+    separate = steps(as_layers(params), [as_layers(g) for g in grads])
+    pooled = steps(jax.tree.map(jnp.asarray, params), [jax.tree.map(jnp.asarray, g) for g in grads])
+    for ours, theirs, unmarked in zip(stacked, separate, pooled, strict=True):
+        np.testing.assert_allclose(ours["embedding"][...], theirs["embedding"], rtol=1e-5, atol=1e-7)
+        for k in stacked_axes:
+            for i in range(3):
+                np.testing.assert_allclose(ours[k][...][i], theirs[f"{k}_{i}"], rtol=1e-5, atol=1e-7, err_msg=k)
+        # The premise: with its statistics pooled over the layers, Adafactor's update of the matrix differs.
+        assert np.allclose(unmarked["kernel"], ours["kernel"][...], rtol=1e-5, atol=1e-7) == (name == "adam")
 
 
 @pytest.mark.parametrize("stage", ["source", "target"])

@@ -1,6 +1,7 @@
 """The NNX T5 and `hf.load_t5` against Hugging Face's PyTorch `T5ForConditionalGeneration`.
 
-Tiny random models are saved with `save_pretrained`; each is compared with ours loaded from its folder.
+Tiny random models are saved with `save_pretrained`; each is compared with ours loaded from its folder, with the
+layers scanned (the default) and, for 'v1.1-unroll', unrolled.
 """
 
 import json
@@ -10,13 +11,15 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 import transformers
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
-from sharpt_jax import hf
+from sharpt_jax import hf, sharding
 from sharpt_jax.models import t5
 
 # name -> (feed_forward_proj, untied lm_head). 'v1.1-tied' is what transformers 5 builds from a v1.1 config:
@@ -56,12 +59,19 @@ def save_hf_t5(folder, variant: str, seed: int = 0) -> transformers.T5ForConditi
     return model
 
 
-@pytest.fixture(scope="module", params=list(VARIANTS))
+def saved_and_loaded(name: str, tmp_path_factory):
+    """(variant, HF model, its folder, our model loaded from that folder) for a VARIANTS name; our model scans
+    its layers, or unrolls them when the name ends in '-unroll'."""
+    variant = name.removesuffix("-unroll")
+    folder = tmp_path_factory.mktemp(name)
+    ref = save_hf_t5(folder, variant)
+    return variant, ref, folder, hf.load_t5(folder, scan_layers=not name.endswith("-unroll"))
+
+
+@pytest.fixture(scope="module", params=[*VARIANTS, "v1.1-unroll"])
 def pair(request, tmp_path_factory):
     """(variant, HF model, its folder, our model loaded from that folder)."""
-    folder = tmp_path_factory.mktemp(request.param)
-    ref = save_hf_t5(folder, request.param)
-    return request.param, ref, folder, hf.load_t5(folder)
+    return saved_and_loaded(request.param, tmp_path_factory)
 
 
 def padded_batch(seed: int = 0):
@@ -203,10 +213,102 @@ def test_every_parameter_has_its_logical_axes(pair):
         (r".*/ffn/wo/kernel", ("mlp", "embed")),
         (r".*norm/scale", ("embed",)),
     ]
-    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    params = nnx.state(model, nnx.Param)
+    for path, variable in nnx.to_flat_state(params):
         name = "/".join(str(k) for k in path)
         expected = next(axes for pattern, axes in rules if re.fullmatch(pattern, name))
+        if "/blocks/" in name:  # A stack's layers, stacked on a leading axis.
+            expected = ("layers", *expected)
         assert variable.get_metadata()["out_sharding"] == expected, name
+    # What the trainer places them by: the 'layers' axis is replicated, the heads are split over 'model'.
+    shardings = sharding.state_shardings(params, sharding.make_mesh("4,2"))
+    assert shardings["decoder"]["blocks"]["cross_attn"]["q"]["kernel"].get_value().spec == P(None, None, "model")
+
+
+def assert_same_params(a: nnx.Module, b: nnx.Module):
+    flat_a, flat_b = (nnx.to_flat_state(nnx.state(m, nnx.Param)) for m in (a, b))
+    assert [path for path, _ in flat_a] == [path for path, _ in flat_b]
+    for (path, x), (_, y) in zip(flat_a, flat_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x[...]), np.asarray(y[...]), err_msg=str(path))
+
+
+@pytest.mark.parametrize("pair", ["v1.1"], indirect=True)
+def test_both_modes_hold_the_same_stacked_params(pair):
+    """Loaded scanned or unrolled, a checkpoint gives identical parameters; layer i of a stacked parameter is
+    Hugging Face's tensor of block i. Random initialisation does not depend on the mode either (a random
+    backbone's checksum is the same)."""
+    _, ref, folder, scanned = pair
+    assert_same_params(scanned, hf.load_t5(folder, scan_layers=False))
+    blocks = scanned.decoder.blocks
+    assert blocks.cross_attn.q.kernel.shape == (3, D_MODEL, 32)
+    for i, block in enumerate(ref.decoder.block):
+        hf_q = block.layer[1].EncDecAttention.q.weight.detach().numpy().T
+        np.testing.assert_array_equal(np.asarray(blocks.cross_attn.q.kernel[i]), hf_q)
+        hf_norm = block.layer[2].layer_norm.weight.detach().numpy()
+        np.testing.assert_array_equal(np.asarray(blocks.ffn_norm.scale[i]), hf_norm)
+    config = scanned.config
+    assert_same_params(t5.T5(config, rngs=nnx.Rngs(0)), t5.T5(config, scan_layers=False, rngs=nnx.Rngs(0)))
+
+
+def prompt_loss(model, prompt, dropout_key=None):
+    """Token-mean cross-entropy of the padded batch's decoder ids (as labels) given [prompt; input]."""
+    input_ids, mask, decoder_ids, decoder_mask = map(jnp.asarray, padded_batch())
+    rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
+    logits = model(input_ids, decoder_ids, mask, decoder_mask, prompt_embeds=prompt, rngs=rngs)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, decoder_ids)
+    return jnp.sum(losses * decoder_mask) / jnp.sum(decoder_mask)
+
+
+# d prompt_loss / d prompt: what prompt tuning trains.
+prompt_loss_and_grad = nnx.jit(lambda model, prompt, key=None: jax.value_and_grad(prompt_loss, 1)(model, prompt, key))
+
+
+def hf_prompt_loss_and_grad(ref, prompt):
+    """`prompt_loss` and its gradient in PyTorch, through Hugging Face's model and torch autograd."""
+    input_ids, mask, decoder_ids, decoder_mask = map(torch.tensor, padded_batch())
+    prompt = torch.tensor(prompt, requires_grad=True)
+    embeds = torch.cat([prompt, ref.shared(input_ids)], dim=1)
+    full_mask = torch.cat([torch.ones(prompt.shape[:2], dtype=mask.dtype), mask], dim=1)
+    logits = ref(
+        inputs_embeds=embeds,
+        attention_mask=full_mask,
+        decoder_input_ids=decoder_ids,
+        decoder_attention_mask=decoder_mask,
+    ).logits
+    real = decoder_mask.bool()
+    loss = torch.nn.functional.cross_entropy(logits[real], decoder_ids[real])
+    loss.backward()
+    return loss.item(), prompt.grad.numpy()
+
+
+def a_prompt():
+    return jnp.asarray(np.random.default_rng(7).normal(size=(3, PROMPT_LEN, D_MODEL)), jnp.float32)
+
+
+@pytest.mark.parametrize("pair", ["v1.1"], indirect=True)
+def test_prompt_gradient_matches_hf(pair):
+    """The loss's gradient with respect to the prompt (what prompt tuning trains) is torch autograd's."""
+    _, ref, _, model = pair
+    loss, grad = prompt_loss_and_grad(model, a_prompt())
+    expected_loss, expected_grad = hf_prompt_loss_and_grad(ref, np.asarray(a_prompt()))
+    assert float(loss) == pytest.approx(expected_loss, rel=1e-5)
+    assert max_rel_err(grad, expected_grad) < 1e-4
+
+
+@pytest.mark.parametrize("pair", ["v1.1"], indirect=True)
+def test_unrolled_and_remat_equal_scanned_with_dropout(pair):
+    """The same loss, prompt gradient and dropout masks (each layer draws from its own key) whether the layers
+    are scanned, unrolled, or scanned and rematerialised in the backward pass."""
+    _, ref, folder, scanned = pair
+    key = jax.random.key(0, impl="rbg")
+    loss, grad = prompt_loss_and_grad(scanned, a_prompt(), key)
+    without_dropout, _ = hf_prompt_loss_and_grad(ref, np.asarray(a_prompt()))
+    assert abs(float(loss) - without_dropout) > 1e-3  # The premise: dropout is on.
+    for scan_layers, remat in ((False, False), (True, True)):
+        model = hf.load_t5(folder, scan_layers=scan_layers, remat=remat)
+        other_loss, other_grad = prompt_loss_and_grad(model, a_prompt(), key)
+        assert float(other_loss) == pytest.approx(float(loss), rel=1e-5), (scan_layers, remat)
+        assert max_rel_err(other_grad, grad) < 1e-5, (scan_layers, remat)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,3 +423,41 @@ def test_unsupported_architecture_is_a_clear_error(v11_folder, tmp_path, field, 
     folder = edited_copy(v11_folder, tmp_path / "f", config_edit=lambda config: config.update({field: value}))
     with pytest.raises(hf.CheckpointError, match=rf"config\.json: {message} is not supported"):
         hf.load_t5(folder)
+
+
+def test_sharded_load_places_every_weight_in_its_sharding(v11_folder):
+    """With a mesh, every weight is read into its own sharding (heads, MLP and vocabulary split over 'model'),
+    holding exactly the values of the single-device load, and the model still computes Hugging Face's logits."""
+    mesh = sharding.make_mesh("4,2")
+    sharded, single = hf.load_t5(v11_folder, mesh=mesh), hf.load_t5(v11_folder)
+    state = nnx.state(sharded, nnx.Param)
+    expected = dict(nnx.to_flat_state(sharding.state_shardings(state, mesh)))
+    single_values = dict(nnx.to_flat_state(nnx.state(single, nnx.Param)))
+    for path, variable in nnx.to_flat_state(state):
+        assert variable[...].sharding == expected[path].get_value(), path
+        np.testing.assert_array_equal(np.asarray(variable[...]), np.asarray(single_values[path][...]), str(path))
+    kernel = sharded.encoder.blocks.ffn.wi_0.kernel[...]  # [layers, d_model, d_ff]: d_ff split in 2 over 'model'.
+    assert kernel.sharding.spec == P(None, None, "model")
+    assert {shard.data.shape for shard in kernel.addressable_shards} == {(2, D_MODEL, 24)}
+    assert max_rel_err(logits_of(sharded), logits_of(single)) < 1e-5  # Split sums: float rounding only.
+
+
+def test_safetensors_reader_matches_the_safetensors_library(tmp_path):
+    """Our header reader (lazy, no memory map) against safetensors' own loader: bfloat16, float32 and int64."""
+    from safetensors.torch import load_file as torch_load_file
+    from safetensors.torch import save_file as torch_save_file
+
+    tensors = {
+        "a.bf16": torch.randn(3, 5).to(torch.bfloat16),
+        "b.f32": torch.randn(4, 2, 3),
+        "c.i64": torch.arange(7),
+    }
+    torch_save_file(tensors, tmp_path / "model.safetensors")
+    ours = hf.safetensors_index(tmp_path / "model.safetensors")
+    reference = torch_load_file(tmp_path / "model.safetensors")
+    assert ours.keys() == reference.keys()
+    for name, tensor in reference.items():
+        array = np.asarray(ours[name])
+        assert array.shape == tuple(tensor.shape)
+        np.testing.assert_array_equal(array.astype(np.float64), tensor.double().numpy(), err_msg=name)
+    assert np.asarray(ours["a.bf16"]).dtype == jnp.bfloat16

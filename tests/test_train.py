@@ -51,13 +51,18 @@ def run_cli(config, workdir: Path, devices: int = 8, wait: bool = True):
 
 def saved_state(workdir: Path, step: int) -> dict:
     """The checkpoint's arrays (parameters, and the resume state where kept) as a flat {path: numpy array},
-    restored without a target structure."""
+    restored onto one device of this process whatever the devices and processes that saved them."""
     import orbax.checkpoint as ocp
 
+    one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     flat = {}
     for item in (checkpoints.PARAMS, checkpoints.RESUME):
         if (folder := workdir / "checkpoints" / str(step) / item).exists():
-            restored = ocp.PyTreeCheckpointer().restore(folder)
+            checkpointer = ocp.PyTreeCheckpointer()
+            saved = checkpointer.metadata(folder).item_metadata.tree
+            target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device), saved)
+            restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+            restored = checkpointer.restore(folder, args=ocp.args.PyTreeRestore(target, restore_args=restore_args))
             leaves = jax.tree_util.tree_leaves_with_path(restored)
             flat.update({item + jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})
     return flat
@@ -156,7 +161,7 @@ def test_target_starts_from_the_source_codebook_and_generator(assets, source_run
     target = tiny_config(assets, stage="target", task="rte", num_train_steps=4, source_checkpoint=str(source))
     files = build.resolve_files(target)
     build.configure_tasks(target, files)
-    model, identity = build.build_model(target, files)
+    model, identity = build.build_model(target, files, build.make_mesh(target))
     record = build.restore_source(model, target, identity)
     assert record == {"workdir": str(source.absolute()), "step": 10}
     saved = saved_state(source, 10)
