@@ -49,9 +49,7 @@ from flax import nnx  # noqa: E402
 
 from bench import flops, run, shapes  # noqa: E402
 from sharpt_jax import optim  # noqa: E402
-from sharpt_jax.models.encoder import InstanceEncoder  # noqa: E402
 from sharpt_jax.models.sharpt import SharPT  # noqa: E402
-from sharpt_jax.models.t5 import T5  # noqa: E402
 
 SCRIPT = str(Path(__file__).resolve())  # The parts' processes run it again, from ROOT.
 # (b): the target-stage step of SharPT and of its baseline.
@@ -127,27 +125,9 @@ def device_info() -> dict:
 
 
 def build_on_device(t5_config, encoder_config, point: shapes.Point, dtype) -> SharPT:
-    """`shapes.build`'s model with the trainer's storage policy: frozen T5 and encoder weights in the compute
-    dtype (the prompt, generator and codebook stay float32). nnx.jit runs the random initialisers on the device,
-    so the weights never pass through host memory."""
-
-    def build():
-        rngs = nnx.Rngs(0)
-        t5 = T5(t5_config, dtype=dtype, param_dtype=dtype, rngs=rngs)
-        encoder = None
-        if point.uses_encoder:
-            encoder = InstanceEncoder(encoder_config, "cls", dtype=dtype, param_dtype=dtype, rngs=rngs)
-        return SharPT(
-            t5,
-            encoder,
-            method=point.method,
-            prompt_length=point.prompt_len,
-            num_skills=point.num_skills,
-            beta=0.1,
-            rngs=rngs,
-        )
-
-    return nnx.jit(build)()
+    """`shapes.build`'s model with the trainer's storage policy (frozen T5 and encoder weights in the compute
+    dtype), its random initialisers run by nnx.jit on the device, so the weights never pass through host memory."""
+    return nnx.jit(lambda: shapes.build(t5_config, encoder_config, point, dtype, param_dtype=dtype))()
 
 
 def measure_step(method: str, shape: str, batch: int, dtype: str, steps: int) -> dict:

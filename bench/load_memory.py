@@ -40,18 +40,7 @@ def make_checkpoint(size: str, folder: Path) -> None:
 
     from bench import shapes
 
-    c = shapes.T5_SHAPES[size]
-    config = transformers.T5Config(
-        vocab_size=c.vocab_size,
-        d_model=c.d_model,
-        d_kv=c.d_kv,
-        d_ff=c.d_ff,
-        num_layers=c.num_layers,
-        num_decoder_layers=c.num_decoder_layers,
-        num_heads=c.num_heads,
-        feed_forward_proj=c.feed_forward_proj,
-        tie_word_embeddings=c.tie_word_embeddings,
-    )
+    config = shapes.hf_t5_config(shapes.T5_SHAPES[size])
     with torch.device("meta"):  # Names and shapes only: no 3 GB of torch init.
         names = {k: tuple(v.shape) for k, v in transformers.T5ForConditionalGeneration(config).state_dict().items()}
     names.pop("encoder.embed_tokens.weight", None)  # Copies of shared.weight, as save_pretrained leaves them out.

@@ -270,20 +270,7 @@ def prepare_peft(s: Settings, point: shapes.Point) -> tuple[Callable[[], None], 
     import transformers
 
     torch.manual_seed(0)
-    c = s.t5
-    hf_config = transformers.T5Config(
-        vocab_size=c.vocab_size,
-        d_model=c.d_model,
-        d_kv=c.d_kv,
-        d_ff=c.d_ff,
-        num_layers=c.num_layers,
-        num_decoder_layers=c.num_decoder_layers,
-        num_heads=c.num_heads,
-        feed_forward_proj=c.feed_forward_proj,
-        tie_word_embeddings=c.tie_word_embeddings,
-        dropout_rate=c.dropout_rate,
-        decoder_start_token_id=0,
-    )
+    hf_config = shapes.hf_t5_config(s.t5, dropout_rate=s.t5.dropout_rate, decoder_start_token_id=0)
     model = transformers.T5ForConditionalGeneration(hf_config)
     # One transformer submodule: the prompt goes in front of the encoder input only, as in ours (Lester et al.).
     # PEFT's seq2seq default (2) also prepends L tokens to the decoder input, which is more work per step.
@@ -293,7 +280,7 @@ def prepare_peft(s: Settings, point: shapes.Point) -> tuple[Callable[[], None], 
     model = peft.get_peft_model(model, config)
     model.train()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
-    batch = make_batch(point, c.vocab_size, s.encoder)
+    batch = make_batch(point, s.t5.vocab_size, s.encoder)
     inputs = {
         "input_ids": torch.from_numpy(batch["encoder_input_tokens"]).long(),
         "attention_mask": torch.from_numpy(batch["encoder_input_mask"]).long(),

@@ -29,6 +29,24 @@ def t5_v1_1(d_model: int, d_ff: int, num_heads: int, num_layers: int, vocab_size
     )
 
 
+def hf_t5_config(c: T5Config, **fields):
+    """The Hugging Face `transformers.T5Config` of our `c` (plus `fields`), for PyTorch models of the same shape."""
+    import transformers  # Only the benchmarks that build a PyTorch T5 need it.
+
+    return transformers.T5Config(
+        vocab_size=c.vocab_size,
+        d_model=c.d_model,
+        d_kv=c.d_kv,
+        d_ff=c.d_ff,
+        num_layers=c.num_layers,
+        num_decoder_layers=c.num_decoder_layers,
+        num_heads=c.num_heads,
+        feed_forward_proj=c.feed_forward_proj,
+        tie_word_embeddings=c.tie_word_embeddings,
+        **fields,
+    )
+
+
 def bert(hidden_size: int, num_layers: int, num_heads: int, vocab_size: int = 30522) -> BertConfig:
     """A BERT encoder shape with the usual 4x feed-forward width."""
     return BertConfig(
@@ -83,11 +101,23 @@ class Point:
         return self.input_len + (0 if self.method == "model_tuning" else self.prompt_len)
 
 
-def build(t5_config: T5Config, bert_config: BertConfig, point: Point, dtype=jnp.float32, seed: int = 0) -> SharPT:
-    """The SharPT module of `point.method` with random weights; `dtype` is the backbone's compute dtype."""
+def build(
+    t5_config: T5Config,
+    bert_config: BertConfig,
+    point: Point,
+    dtype=jnp.float32,
+    seed: int = 0,
+    param_dtype=jnp.float32,
+) -> SharPT:
+    """The SharPT module of `point.method` with random weights; `dtype` is the backbone's compute dtype and
+    `param_dtype` the frozen T5's and encoder's storage dtype (the prompt, generator and codebook are float32)."""
     rngs = nnx.Rngs(seed)
-    t5 = T5(t5_config, dtype=dtype, scan_layers=point.scan_layers, rngs=rngs)
-    encoder = InstanceEncoder(bert_config, "cls", dtype=dtype, rngs=rngs) if point.uses_encoder else None
+    t5 = T5(t5_config, dtype=dtype, param_dtype=param_dtype, scan_layers=point.scan_layers, rngs=rngs)
+    encoder = (
+        InstanceEncoder(bert_config, "cls", dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        if point.uses_encoder
+        else None
+    )
     return SharPT(
         t5,
         encoder,
