@@ -9,11 +9,11 @@ through the encoder about 1,300 times. With `config.instance_embedding_cache` se
   embeddings  float32 [N, m]   e0 of each row
 
 saved as `<folder>/<task>.<key>.npz` and read by every later run (and every resume) with the same key. The
-trainer's batches then carry `instance_embedding` [B, m] instead of the instance tokens; it is looked up on each
-host after the seqio pipeline (which, with its shuffling, mixing and exact resume, is unchanged), each host for
-its own rows. The jitted step never calls the encoder: it is not traced, and jit drops the encoder weights, which
-no operation reads, from the compiled step's arguments, so the step costs the generator plus T5, like
-PromptTuning's.
+trainer's batches then carry `instance_embedding` [B, m] instead of the instance tokens; it is looked up after the
+seqio pipeline (which, with its shuffling, mixing and exact resume, is unchanged), on every host for the rows of
+the global batch, before each host places its devices' rows. The jitted step never calls the encoder: it is not
+traced, and jit drops the encoder weights, which no operation reads, from the compiled step's arguments, so the
+step costs the generator plus T5, like PromptTuning's.
 
 The key is a sha256 over what e0 depends on, the encoder's checksum (`build.build_model`'s identity), its
 pooling and compute dtype, and over what chooses the rows: task or mixture, split, instance length, data folder
@@ -80,7 +80,7 @@ class EmbeddingTable:
         return self.embeddings[index]
 
     def replace_tokens(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A host batch with instance_input_tokens / instance_input_mask replaced by `instance_embedding` [b, m]."""
+        """A batch with instance_input_tokens / instance_input_mask replaced by `instance_embedding` [b, m]."""
         out = {key: value for key, value in batch.items() if key not in INSTANCE_FEATURES}
         out["instance_embedding"] = self.lookup(batch["instance_input_tokens"])
         return out

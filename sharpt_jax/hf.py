@@ -164,9 +164,6 @@ class WeightReader:
     def __init__(self, weights: dict, source: str):
         self.weights, self.source, self.used = weights, source, set()
 
-    def has(self, name: str) -> bool:
-        return name in self.weights
-
     def take(self, name: str):
         if name not in self.weights:
             raise CheckpointError(f"{self.source}: missing weight {name!r}")
