@@ -32,10 +32,16 @@ def main(argv):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's later C++ warnings (read at import).
     # Imported here so that --help and flag errors do not wait for JAX and TensorFlow.
     with contextlib.nullcontext() if verbose else _native_stderr_off():
-        from sharpt_jax import build, data, demo, evaluate, skills, train
+        from sharpt_jax import build, data, evaluate, train
+        from sharpt_jax.experiments import demo, skills_experiment
 
         data.keep_tensorflow_off_accelerators()
-    runs = {"train": train.train, "eval": evaluate.evaluate_checkpoints, "demo": demo.run, "skills": skills.run}
+    runs = {
+        "train": train.train,
+        "eval": evaluate.evaluate_checkpoints,
+        "demo": demo.run,
+        "skills": skills_experiment.run,
+    }
     try:
         build.initialize_distributed(config)  # Before any JAX computation: every host joins the same runtime.
         if config.mode not in runs:

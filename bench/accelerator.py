@@ -47,8 +47,8 @@ import jax.numpy as jnp  # noqa: E402
 import jaxlib  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench import flops, run, shapes  # noqa: E402
-from sharpt_jax import optim  # noqa: E402
+from bench import flops, run, run_report, shapes  # noqa: E402
+from sharpt_jax import optim, train  # noqa: E402
 from sharpt_jax.models.sharpt import SharPT  # noqa: E402
 
 SCRIPT = str(Path(__file__).resolve())  # The parts' processes run it again, from ROOT.
@@ -131,7 +131,7 @@ def build_on_device(t5_config, encoder_config, point: shapes.Point, dtype) -> Sh
 
 
 def measure_step(method: str, shape: str, batch: int, dtype: str, steps: int) -> dict:
-    """Compiles and times one target-stage train step (`optim.make_train_step`, jitted with donation, as in
+    """Compiles and times one target-stage train step (`train.make_train_step`, jitted with donation, as in
     `bench/run.py`); returns its times, model FLOPs, compiled memory and the device's peak memory."""
     t5_config = shapes.T5_SHAPES[STEP_SHAPES[shape]["t5"]]
     encoder_config = shapes.BERT_SHAPES[STEP_SHAPES[shape]["encoder"]]
@@ -150,10 +150,10 @@ def measure_step(method: str, shape: str, batch: int, dtype: str, steps: int) ->
     graphdef, trainable, frozen = optim.split_model(model, point.method, point.stage)
     del model
     optimizer = optim.make_optimizer("adam", run.LEARNING_RATE, warmup_steps=0)
-    step_fn = optim.make_train_step(graphdef, optimizer, optim.learning_rate_schedule(run.LEARNING_RATE, 0))
-    state = optim.init_train_state(trainable, optimizer)
+    step_fn = train.make_train_step(graphdef, optimizer, optim.learning_rate_schedule(run.LEARNING_RATE, 0))
+    state = train.init_train_state(trainable, optimizer)
     batch_arrays = jax.device_put(run.make_batch(point, t5_config.vocab_size, encoder_config))
-    key = optim.dropout_key(0)
+    key = train.dropout_key(0)
     jax.block_until_ready((state, frozen, batch_arrays))
     init_s = time.perf_counter() - start
 
@@ -287,9 +287,9 @@ def report(record: dict) -> str:
             "",
         ]
         rows, ratio_names, ratios = paper_point_rows(result)
-        lines.append(run.table(["method", "step ms", "examples/s", "tokens/s", "MFU", "compile s"], rows))
+        lines.append(run_report.table(["method", "step ms", "examples/s", "tokens/s", "MFU", "compile s"], rows))
         if ratios:
-            lines += ["", run.table(ratio_names, [ratios])]
+            lines += ["", run_report.table(ratio_names, [ratios])]
     s = step["shape"]
     lines += [
         "",
@@ -303,7 +303,7 @@ def report(record: dict) -> str:
         "process's (weights, optimizer state, batch and the step's temporaries); compiled temp is XLA's count for "
         "the step.",
         "",
-        run.table(
+        run_report.table(
             [
                 "method",
                 "batch",
@@ -325,6 +325,39 @@ def report(record: dict) -> str:
             ratio = done["sharpt/target", batch] / done["prompt_tuning/target", batch]
             lines += ["", f"sharpt/target over prompt_tuning/target at B={batch}: {ratio:.4g}"]
     return "\n".join(lines) + "\n"
+
+
+def measure_steps(plan: Plan, limit, tmp: Path) -> dict:
+    """Part (b): one train step per method at the plan's shape, each in its own process, from the largest batch
+    down while it runs out of memory; `limit(cap)` is the time left for a part."""
+    shape = STEP_SHAPES[plan.step_shape]
+    runs = []
+    for method in STEP_METHODS:
+        for batch in plan.batches:
+            entry = {"method": f"{method}/target", "batch": batch, "result": None}
+            runs.append(entry)
+            if limit(plan.step_limit_s) < 20:
+                entry.update(status="skipped: out of time", seconds=0.0)
+                break
+            step_args = [SCRIPT, "--child", "step", "--method", method, "--shape", plan.step_shape]
+            step_args += ["--batch", str(batch), "--steps", str(plan.steps), "--json", str(tmp / "step.json")]
+            print(f"# (b) {method}/target at {plan.step_shape}, B={batch}", flush=True)
+            status, seconds = run_child(step_args, limit(plan.step_limit_s), tmp / "err")
+            entry.update(status=status, seconds=seconds)
+            if status == "ok":
+                entry["result"] = json.loads((tmp / "step.json").read_text())
+            if status != "out of memory":
+                break
+    return {
+        "shape_name": {"xl": "T5-XL", "quick": "quick (dry-run stand-in)"}[plan.step_shape],
+        "shape": {
+            **shape,
+            "t5": dataclasses.asdict(shapes.T5_SHAPES[shape["t5"]]),
+            "encoder": dataclasses.asdict(shapes.BERT_SHAPES[shape["encoder"]]),
+        },
+        "steps": plan.steps,
+        "runs": runs,
+    }
 
 
 def main():
@@ -391,34 +424,7 @@ def main():
         }
 
         # --- (b) One train step at the XL shape, per method, the largest batch that fits -------
-        shape = STEP_SHAPES[plan.step_shape]
-        runs = []
-        for method in STEP_METHODS:
-            for batch in plan.batches:
-                entry = {"method": f"{method}/target", "batch": batch, "result": None}
-                runs.append(entry)
-                if limit(plan.step_limit_s) < 20:
-                    entry.update(status="skipped: out of time", seconds=0.0)
-                    break
-                step_args = [SCRIPT, "--child", "step", "--method", method, "--shape", plan.step_shape]
-                step_args += ["--batch", str(batch), "--steps", str(plan.steps), "--json", str(tmp / "step.json")]
-                print(f"# (b) {method}/target at {plan.step_shape}, B={batch}", flush=True)
-                status, seconds = run_child(step_args, limit(plan.step_limit_s), tmp / "err")
-                entry.update(status=status, seconds=seconds)
-                if status == "ok":
-                    entry["result"] = json.loads((tmp / "step.json").read_text())
-                if status != "out of memory":
-                    break
-        record["step"] = {
-            "shape_name": {"xl": "T5-XL", "quick": "quick (dry-run stand-in)"}[plan.step_shape],
-            "shape": {
-                **shape,
-                "t5": dataclasses.asdict(shapes.T5_SHAPES[shape["t5"]]),
-                "encoder": dataclasses.asdict(shapes.BERT_SHAPES[shape["encoder"]]),
-            },
-            "steps": plan.steps,
-            "runs": runs,
-        }
+        record["step"] = measure_steps(plan, limit, tmp)
     record["wall_s"] = time.perf_counter() - start
 
     # --- (c) Report ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@
         --methods sharpt/target,prompt_tuning/target --layers scan,unroll  # compile and step time, scan vs unrolled
 
 Everything runs in one process on one shape, batch and set of lengths, with random weights. Our steps are the
-project's real `optim.make_train_step`, jitted with `donate_argnums=(0,)`; `sharpt/target+cache` is the SharPT
+project's real `train.make_train_step`, jitted with `donate_argnums=(0,)`; `sharpt/target+cache` is the SharPT
 target step on batches that carry cached instance embeddings (`config.instance_embedding_cache`: the step never
 runs the encoder). T5 scans its layers (`jax.lax.scan`) unless `--layers` also or only asks for unrolled ones: the
 program `<method>+unroll` is the same step with the layers unrolled, and with both a table compares their compile
@@ -20,8 +20,8 @@ The methods (`--methods`: all by default) and PEFT are compiled first and then t
 point of the scaling sweeps, the base point included, is the median of `--steps` consecutive steps of its program
 alone. tokens/s counts input plus target tokens (B * (T + S)).
 Model FLOPs are counted analytically (`bench/flops.py`, cross-checked against the dot_generals JAX traced);
-MFU divides them by the measured throughput of one large jitted matmul in the same dtype. Markdown tables go
-to stdout, the scaling plot to `--out` (default bench/out), all numbers to `--json`.
+MFU divides them by the measured throughput of one large jitted matmul in the same dtype. Markdown tables
+(`bench/run_report.py`) go to stdout, the scaling plot to `--out` (default bench/out), all numbers to `--json`.
 """
 
 import argparse
@@ -41,8 +41,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench import flops, shapes  # noqa: E402
-from sharpt_jax import evaluate, optim  # noqa: E402
+from bench import flops, run_report, shapes  # noqa: E402
+from sharpt_jax import optim, scoring, train  # noqa: E402
 from sharpt_jax.models.encoder import BertConfig  # noqa: E402
 
 LEARNING_RATE = 0.3
@@ -192,15 +192,15 @@ def matmul_peak(n: int, dtype: jnp.dtype, steps: int) -> float:
 
 
 def prepare_train(s: Settings, point: shapes.Point) -> tuple[Callable[[], None], dict]:
-    """Compiles `optim.make_train_step` for `point`; returns a function running one step (blocking) and the
+    """Compiles `train.make_train_step` for `point`; returns a function running one step (blocking) and the
     step's compile time, FLOPs and compiled memory."""
     model = shapes.build(s.t5, s.encoder, point, s.dtype)
     graphdef, trainable, frozen = optim.split_model(model, point.method, point.stage)
     optimizer = optim.make_optimizer("adam", LEARNING_RATE, warmup_steps=0)
-    step_fn = optim.make_train_step(graphdef, optimizer, optim.learning_rate_schedule(LEARNING_RATE, 0))
-    state = optim.init_train_state(trainable, optimizer)
+    step_fn = train.make_train_step(graphdef, optimizer, optim.learning_rate_schedule(LEARNING_RATE, 0))
+    state = train.init_train_state(trainable, optimizer)
     batch = jax.tree_util.tree_map(jnp.asarray, make_batch(point, s.t5.vocab_size, s.encoder))
-    key = optim.dropout_key(0)
+    key = train.dropout_key(0)
 
     start = time.perf_counter()
     # As in the trainer, `frozen` holds the instance encoder even when the batch carries cached embeddings; jit
@@ -304,7 +304,7 @@ def prepare_peft(s: Settings, point: shapes.Point) -> tuple[Callable[[], None], 
 
 
 def measure_eval(s: Settings, point: shapes.Point, num_labels: int = 4, label_len: int = 4) -> dict:
-    """Examples/s of the evaluator's jitted functions (`sharpt_jax.evaluate`): greedy decoding with the KV cache
+    """Examples/s of the evaluator's jitted functions (`sharpt_jax.scoring`): greedy decoding with the KV cache
     (`point.target_len` steps, no early stop on random weights) and rank classification (encode once, one
     teacher-forced decoder pass over all `num_labels` labels)."""
     model = shapes.build(s.t5, s.encoder, point, s.dtype)
@@ -313,8 +313,8 @@ def measure_eval(s: Settings, point: shapes.Point, num_labels: int = 4, label_le
     labels = jnp.asarray(np.random.default_rng(1).integers(2, s.t5.vocab_size, (num_labels, label_len)), jnp.int32)
     weights = jnp.ones_like(labels)
     runs = {
-        "greedy": lambda: evaluate.greedy_tokens(graphdef, state, batch, max_decode_len=point.target_len),
-        "rank_classification": lambda: evaluate.label_log_likelihoods(graphdef, state, batch, labels, weights),
+        "greedy": lambda: scoring.greedy_tokens(graphdef, state, batch, max_decode_len=point.target_len),
+        "rank_classification": lambda: scoring.label_log_likelihoods(graphdef, state, batch, labels, weights),
     }
     results = {}
     for name, fn in runs.items():
@@ -324,44 +324,7 @@ def measure_eval(s: Settings, point: shapes.Point, num_labels: int = 4, label_le
     return results
 
 
-# ---------------------------------------------------------------------------------------------
-# Reporting.
-# ---------------------------------------------------------------------------------------------
-
-
-def table(header: list[str], rows: list[list]) -> str:
-    def fmt(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows])
-
-
-def plot_scaling(scaling: dict, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(scaling), figsize=(4 * len(scaling), 3.5))
-    for ax, (axis, curves) in zip(np.atleast_1d(axes), scaling.items(), strict=True):
-        for label, points in curves.items():
-            xs, ys = zip(*sorted((p["value"], p["step_s"] * 1e3) for p in points), strict=True)
-            ax.plot(xs, ys, "o-", label=label)
-        ax.set(xscale="log" if axis == "num_skills" else "linear", xlabel=axis, ylabel="train step (ms)")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "scaling.png"
-    fig.savefig(path, dpi=120)
-    return path
-
-
-def mib(n: int) -> float:
-    return n / 2**20
-
-
-def main():
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small T5 shape, 2-3 points per scaling axis")
     parser.add_argument("--json", type=Path, help="write every measured number here")
@@ -391,21 +354,17 @@ def main():
         help="comma-separated: scan (T5's layers under jax.lax.scan) and/or unroll (programs named <method>+unroll)",
     )
     args = parser.parse_args()
-    chosen = args.methods.split(",")
-    if unknown := [name for name in chosen if name not in programs]:
+    args.methods, args.layers = args.methods.split(","), args.layers.split(",")
+    if unknown := [name for name in args.methods if name not in programs]:
         parser.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(programs)}")
-    layers = args.layers.split(",")
-    if unknown := [mode for mode in layers if mode not in LAYERS]:
+    if unknown := [mode for mode in args.layers if mode not in LAYERS]:
         parser.error(f"--layers: unknown {', '.join(unknown)}; choose from {', '.join(LAYERS)}")
-    s = settings(args.quick, args.dtype, args.steps, not args.no_scaling, args.batch, args.input_len)
-    print(f"# devices: {jax.devices()}  T5 {s.t5}\n# encoder {s.encoder}\n# base point {s.base}", flush=True)
+    return args
 
-    # --- Peak matmul throughput ---------------------------------------------------------------
-    peaks = {d: matmul_peak(s.matmul_size, jnp.dtype(d), s.steps) for d in ("float32", "bfloat16")}
-    peak = peaks[s.dtype.name]
 
-    # --- Methods on the base point ------------------------------------------------------------
-    # Compiled first, then timed in turn: the ratios are the figures that matter.
+def measure_base_point(s: Settings, chosen: list[str], layers: list[str], peak: float) -> tuple[dict, dict | None]:
+    """The chosen programs (and PEFT) on the base point, compiled first, then timed in turn: the ratios are the
+    figures that matter. Returns ({program: numbers}, PEFT's numbers or None)."""
     points = {
         name + LAYERS[mode]: dataclasses.replace(s.base, **fields, scan_layers=mode == "scan")
         for name, fields in METHODS.items()
@@ -419,49 +378,54 @@ def main():
         runs[PEFT], peft_info = prepare_peft(s, prompt_tuning)
     seconds = interleaved_seconds(runs, s.steps)
     methods = {name: with_timing(info, points[name], seconds[name], peak) for name, (_, info) in prepared.items()}
-    peft_result = None
-    if PEFT in chosen:
-        peft_result = {
-            **peft_info,
-            "step_s": seconds[PEFT],
-            "examples_per_s": s.base.batch / seconds[PEFT],
-            "tokens_per_s": s.base.batch * (s.base.input_len + s.base.target_len) / seconds[PEFT],
-        }
-    del prepared, runs
     for name, r in methods.items():
         print(f"  {name}: {r['step_s'] * 1e3:.1f} ms (compiled in {r['compile_s']:.0f} s)", flush=True)
-    if peft_result:
-        print(f"  PEFT prompt_tuning: {peft_result['step_s'] * 1e3:.1f} ms", flush=True)
+    if PEFT not in chosen:
+        return methods, None
+    peft = {
+        **peft_info,
+        "step_s": seconds[PEFT],
+        "examples_per_s": s.base.batch / seconds[PEFT],
+        "tokens_per_s": s.base.batch * (s.base.input_len + s.base.target_len) / seconds[PEFT],
+        "model_flops": flops.train_step_flops(s.t5, s.encoder, prompt_tuning)["total"],
+    }
+    print(f"  PEFT prompt_tuning: {peft['step_s'] * 1e3:.1f} ms", flush=True)
+    return methods, peft
 
-    # Each sweep point, the base point included, is timed alone (consecutive steps of one program): taking turns
-    # with four other programs and PyTorch makes every step slower on a CPU, so the base table's times would not
-    # line up with their neighbours on the curves.
+
+def measure_scaling(s: Settings, peak: float) -> dict:
+    """{axis: {program: [points]}}. Each sweep point, the base point included, is timed alone (consecutive steps of
+    one program): taking turns with four other programs and PyTorch makes every step slower on a CPU, so the base
+    table's times would not line up with their neighbours on the curves."""
     cache = {}
 
-    def train(point):
+    def timed(point):
         if point not in cache:
             run, info = prepare_train(s, point)
             cache[point] = with_timing(info, point, median_seconds(run, s.steps), peak)
-            print(
-                f"  {point.method}/{point.stage} {dataclasses.asdict(point)}: {cache[point]['step_s'] * 1e3:.1f} ms",
-                flush=True,
-            )
+            print(f"  {point.method}/{point.stage} {dataclasses.asdict(point)}: {cache[point]['step_s'] * 1e3:.1f} ms")
         return cache[point]
 
-    # --- Scaling ------------------------------------------------------------------------------
-    scaling = {}
-    for axis, values in s.axes.items():
-        scaling[axis] = {
+    return {
+        axis: {
             f"{m}/{st}": [
-                {"value": v, **train(dataclasses.replace(s.base, method=m, stage=st, **{axis: v}))} for v in values
+                {"value": v, **timed(dataclasses.replace(s.base, method=m, stage=st, **{axis: v}))} for v in values
             ]
             for m, st in s.curves[axis]
         }
+        for axis, values in s.axes.items()
+    }
 
-    # --- Eval ---------------------------------------------------------------------------------
+
+def main():
+    args = parse_args()
+    s = settings(args.quick, args.dtype, args.steps, not args.no_scaling, args.batch, args.input_len)
+    print(f"# devices: {jax.devices()}  T5 {s.t5}\n# encoder {s.encoder}\n# base point {s.base}", flush=True)
+    peaks = {d: matmul_peak(s.matmul_size, jnp.dtype(d), s.steps) for d in ("float32", "bfloat16")}
+    methods, peft = measure_base_point(s, args.methods, args.layers, peaks[s.dtype.name])
+    scaling = measure_scaling(s, peaks[s.dtype.name])
     evals = {} if args.no_eval else {m: measure_eval(s, dataclasses.replace(s.base, method=m)) for m in s.eval_methods}
 
-    # --- Report -------------------------------------------------------------------------------
     summary = {}  # Each ratio whose two programs ran.
     if ours_pt := methods.get("prompt_tuning/target"):
         summary = {
@@ -469,141 +433,28 @@ def main():
             for name, key in OVER_PROMPT_TUNING.items()
             if name in methods
         }
-        if peft_result:
-            summary["ours_over_peft"] = ours_pt["step_s"] / peft_result["step_s"]
+        if peft:
+            summary["ours_over_peft"] = ours_pt["step_s"] / peft["step_s"]
         summary["mfu"] = ours_pt["mfu"]
-    prompt_tuning_flops = flops.train_step_flops(s.t5, s.encoder, prompt_tuning)["total"]
-    print(f"\n## Peak matmul ({s.matmul_size}^3)\n")
-    print(table(["dtype", "TFLOP/s"], [[d, p / 1e12] for d, p in peaks.items()]))
-    print(
-        f"\n## Train step ({s.dtype.name} backbone, B={s.base.batch}, T={s.base.input_len}, "
-        f"S={s.base.target_len}, L={s.base.prompt_len}, K={s.base.num_skills})\n"
-    )
-    rows = [
-        [
-            name,
-            r["step_s"] * 1e3,
-            r["examples_per_s"],
-            r["tokens_per_s"],
-            r["model_flops"] / 1e9,
-            r["traced_matmul_flops"] / 1e9,
-            r["mfu"],
-            r["trainable_params"],
-        ]
-        for name, r in methods.items()
-    ]
-    if peft_result:
-        rows.append(
-            [
-                "PEFT prompt_tuning (torch)",
-                peft_result["step_s"] * 1e3,
-                peft_result["examples_per_s"],
-                peft_result["tokens_per_s"],
-                prompt_tuning_flops / 1e9,
-                "-",
-                prompt_tuning_flops / peft_result["step_s"] / peaks["float32"],
-                peft_result["trainable_params"],
-            ]
-        )
-    print(
-        table(
-            [
-                "method",
-                "step ms",
-                "examples/s",
-                "tokens/s",
-                "model GFLOP",
-                "traced matmul GFLOP",
-                "MFU",
-                "trainable params",
-            ],
-            rows,
-        )
-    )
-    if unrolled := [name for name in methods if name + LAYERS["unroll"] in methods]:
-        print("\n## Scanned against unrolled layers (compile: trace, lower and compile the jitted step)\n")
-        rows = []
-        for name in unrolled:
-            scan, unroll = methods[name], methods[name + LAYERS["unroll"]]
-            compile_s = [scan["compile_s"], unroll["compile_s"]]
-            step_ms = [scan["step_s"] * 1e3, unroll["step_s"] * 1e3]
-            rows.append([name, *compile_s, compile_s[1] / compile_s[0], *step_ms, step_ms[1] / step_ms[0]])
-        ratio = "unroll / scan"
-        header = ["method", "compile s scan", "compile s unroll", ratio, "step ms scan", "step ms unroll", ratio]
-        print(table(header, rows))
-    print("\n## Memory of the compiled step (MiB)\n")
-    print(
-        table(
-            [
-                "method",
-                "arguments",
-                "outputs",
-                "temp",
-                "aliased",
-                "trainable",
-                "frozen",
-                "Adam state",
-                "Adam / trainable",
-            ],
-            [
-                [
-                    name,
-                    mib(r["argument_bytes"]),
-                    mib(r["output_bytes"]),
-                    mib(r["temp_bytes"]),
-                    mib(r["alias_bytes"]),
-                    mib(r["trainable_bytes"]),
-                    mib(r["frozen_bytes"]),
-                    mib(r["opt_state_bytes"]),
-                    r["opt_state_bytes"] / r["trainable_bytes"],
-                ]
-                for name, r in methods.items()
-            ],
-        )
-    )
-    print("\n## Scaling (train step ms)\n" if scaling else "")
-    for axis, curves in scaling.items():
-        print(
-            table(
-                [axis, *curves],
-                [
-                    [p["value"], *(c[i]["step_s"] * 1e3 for c in curves.values())]
-                    for i, p in enumerate(next(iter(curves.values())))
-                ],
-            )
-            + "\n"
-        )
-    if evals:
-        print("## Eval throughput (examples/s)\n")
-        print(
-            table(
-                ["method", "greedy decode", "rank classification (4 labels)"],
-                [
-                    [m, r["greedy"]["examples_per_s"], r["rank_classification"]["examples_per_s"]]
-                    for m, r in evals.items()
-                ],
-            )
-        )
-    if summary:
-        print("\n## Summary\n")
-        print(table(list(summary), [list(summary.values())]))
+    record = {
+        **summary,
+        "settings": {
+            "t5": dataclasses.asdict(s.t5),
+            "encoder": dataclasses.asdict(s.encoder),
+            "base": dataclasses.asdict(s.base),
+            "dtype": s.dtype.name,
+        },
+        "matmul_size": s.matmul_size,
+        "peak_flops": peaks,
+        "methods": methods,
+        "peft_prompt_tuning": peft,
+        "scaling": scaling,
+        "eval": evals,
+    }
+    print("\n" + run_report.report(record))
     if scaling:
-        print(f"\nscaling plot: {plot_scaling(scaling, args.out)}")
+        print(f"scaling plot: {run_report.plot_scaling(scaling, args.out)}")
     if args.json:
-        record = {
-            **summary,
-            "settings": {
-                "t5": dataclasses.asdict(s.t5),
-                "encoder": dataclasses.asdict(s.encoder),
-                "base": dataclasses.asdict(s.base),
-                "dtype": s.dtype.name,
-            },
-            "peak_flops": peaks,
-            "methods": methods,
-            "peft_prompt_tuning": peft_result,
-            "scaling": scaling,
-            "eval": evals,
-        }
         args.json.write_text(json.dumps(record, indent=1))
 
 

@@ -27,10 +27,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from configs import demo as demo_config  # noqa: E402
-from sharpt_jax import demo, export, predict, train  # noqa: E402
-from tasks import skills  # noqa: E402
+from sharpt_jax import train  # noqa: E402
+from sharpt_jax.experiments import demo  # noqa: E402
+from sharpt_jax.serving import export, predict  # noqa: E402
+from tasks import skills_world  # noqa: E402
 
-TARGETS = tuple(skills.task_name(t.name, 16).removeprefix("sharpt_") for t in skills.TARGETS)
+TARGETS = tuple(skills_world.task_name(t.name, 16).removeprefix("sharpt_") for t in skills_world.TARGETS)
 STEPS = 2
 
 
@@ -38,7 +40,7 @@ def make_adapters(workdir: Path) -> list[Path]:
     """Trains (or reuses) the source run and one target run per skills target; returns their adapters."""
     base = demo_config.get_config()
     base.save_every = STEPS
-    runs = {"source": demo.stage_config(base, "source", base.demo.source_tasks, STEPS, None)}
+    runs = {"source": demo.stage_config(base, "source", base.demo.source_tasks, STEPS)}
     for target in TARGETS:
         runs[target] = demo.stage_config(base, "target", target, STEPS, workdir / "source")
     adapters = []
@@ -66,7 +68,7 @@ def main() -> None:
     adapters = [export.load_adapter(path) for path in make_adapters(workdir)]
     by_task = {
         adapter.tasks[0]: [
-            {"task": adapter.tasks[0], **row} for row in skills.base_task(adapter.tasks[0]).examples("validation")
+            {"task": adapter.tasks[0], **row} for row in skills_world.base_task(adapter.tasks[0]).examples("validation")
         ]
         for adapter in adapters
     }

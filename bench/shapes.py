@@ -72,7 +72,7 @@ class Point:
     """One benchmark point: what is trained and the batch shape.
 
     Attributes:
-      method, stage: keys of `sharpt_jax.optim.TRAINABLE`.
+      method, stage: names and stages of `sharpt_jax.models.methods`.
       batch: B; input_len: T encoder tokens; target_len: S decoder tokens; prompt_len: L soft tokens;
       num_skills: K codebook vectors; instance_len: I instance-encoder tokens.
       cached_embeddings: the batch carries each instance's e0 (`config.instance_embedding_cache`), so the step

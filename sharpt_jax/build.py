@@ -19,13 +19,13 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 import tasks
-from sharpt_jax import checkpoints, data, hf, optim, sharding
-from sharpt_jax.models.sharpt import METHODS, SharPT
+from sharpt_jax import checkpoints, data, hf, optim, scoring, sharding
+from sharpt_jax.models import methods
+from sharpt_jax.models.sharpt import SharPT
 from sharpt_jax.models.t5 import T5, T5Config
 from tasks import mixtures, registry
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-SCORING = ("decode", "rank_classification")  # config.eval.scoring: see sharpt_jax.evaluate.
 RANDOM_T5 = "random"
 RANDOM_T5_SEED = 0  # Fixed: a source run and its targets must build the same random backbone.
 
@@ -37,12 +37,12 @@ class ConfigError(ValueError):
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError for a field outside its allowed values (before anything slow is built)."""
     allowed = {
-        "method": METHODS,
-        "stage": optim.STAGES,
+        "method": tuple(methods.METHODS),
+        "stage": methods.STAGES,
         "optimizer": optim.OPTIMIZERS,
         "backbone_dtype": tuple(DTYPES),
         "encoder_pooling": ("cls", "pooler", "mean"),
-        "eval.scoring": SCORING,
+        "eval.scoring": scoring.SCORING,
         "codebook_init": ("random", "kmeans"),
     }
     for field, values in allowed.items():
@@ -195,9 +195,47 @@ def configure_tasks(config: ml_collections.ConfigDict, files: Files) -> tuple[st
     return name, [name]
 
 
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What every program builds from a config before its models: the files, the tasks and the mesh."""
+
+    files: Files
+    train_task: str  # The seqio task or mixture the run trains on.
+    eval_tasks: list[str]  # The seqio tasks it is scored on (the task, or the mixture's tasks).
+    mesh: jax.sharding.Mesh
+
+
+def prepare(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Setup:
+    """Checks the config, resolves its files, points the tasks at them and makes the mesh (the config's, unless
+    `mesh` is given): the preamble of training, evaluation, export and the experiments."""
+    check_config(config)
+    files = resolve_files(config)
+    train_task, eval_tasks = configure_tasks(config, files)
+    return Setup(files, train_task, eval_tasks, make_mesh(config) if mesh is None else mesh)
+
+
 # ---------------------------------------------------------------------------------------------
 # The model.
 # ---------------------------------------------------------------------------------------------
+
+
+def run_config(base: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+    """A copy of `base` for one training run of a program that chains runs (the demo, the experiments): mode
+    "train" and `fields` set."""
+    config = base.copy_and_resolve_references()
+    config.mode = "train"
+    config.update(fields)
+    return config
+
+
+def model_config(**fields) -> ml_collections.ConfigDict:
+    """A config of only what `resolve_files` and `build_model` read (`fields` over these defaults), for programs
+    that build the frozen models without a run's config (serving, from an adapter's record)."""
+    config = ml_collections.ConfigDict(
+        dict(t5_random={}, t5_vocab="", encoder_vocab="", scan_layers=True, remat=False, seed=0)
+    )
+    config.update(fields)
+    return config
 
 
 def _random_t5(config: ml_collections.ConfigDict, dtype, param_dtype, mesh: jax.sharding.Mesh) -> T5:
@@ -245,7 +283,7 @@ def build_model(config: ml_collections.ConfigDict, files: Files, mesh: jax.shard
     """
     dtype = DTYPES[config.backbone_dtype]
     # Trained weights stay float32 (ModelTuning); frozen ones are stored in the compute dtype.
-    param_dtype = jnp.float32 if config.method == "model_tuning" else dtype
+    param_dtype = jnp.float32 if methods.get(config.method).trains_backbone else dtype
     try:
         if files.t5_folder is None:
             t5 = _random_t5(config, dtype, param_dtype, mesh)
@@ -257,7 +295,7 @@ def build_model(config: ml_collections.ConfigDict, files: Files, mesh: jax.shard
             t5_identity = {"path": str(files.t5_folder), "checksum": checkpoints.folder_checksum(files.t5_folder)}
         encoder = (
             hf.load_encoder(files.encoder_folder, config.encoder_pooling, dtype=dtype, mesh=mesh)
-            if config.method in ("sharpt", "no_latent")
+            if methods.get(config.method).uses_encoder
             else None  # The baselines read only its vocabulary (the input pipeline is the same for all).
         )
     except (hf.CheckpointError, FileNotFoundError) as err:
@@ -283,22 +321,26 @@ def build_model(config: ml_collections.ConfigDict, files: Files, mesh: jax.shard
 # ---------------------------------------------------------------------------------------------
 
 
-# Methods whose target stage starts from their source stage's parameters (the others train from their init).
-TRANSFERRED = ("sharpt", "no_latent")
-
-
 def needs_source(config: ml_collections.ConfigDict) -> bool:
-    return config.method in TRANSFERRED and config.stage == "target"
+    """Whether the run starts from a source run: the target stage of a method that transfers."""
+    return methods.get(config.method).transferred is not None and config.stage == "target"
 
 
-def check_same_models(saved: dict, current: dict, where: str) -> None:
-    """ConfigError unless the frozen T5 and encoder recorded by the run in `where` are the ones built now."""
+def check_same_models(
+    saved: dict,
+    current: dict,
+    where: str,
+    error: type[ConfigError] = ConfigError,
+    fix: str = "set --config.{part} to that run's",
+) -> None:
+    """`error` unless the frozen T5 and encoder recorded in `saved` ({"t5": {"path", "checksum"}, "encoder": ...},
+    of the run or adapter named by `where`) are the ones of `current` (built here); `fix` ends the message."""
     for part in ("t5", "encoder"):
         theirs, ours = saved[part], current[part]
         if theirs["checksum"] != ours["checksum"]:
-            raise ConfigError(
-                f"{where} was trained with {part} {theirs['path']} (sha256 {theirs['checksum'][:12]}), this run "
-                f"uses {ours['path']} (sha256 {ours['checksum'][:12]}); set --config.{part} to that run's"
+            raise error(
+                f"{where} was trained with {part} {theirs['path']} (sha256 {theirs['checksum'][:12]}), here it is "
+                f"{ours['path']} (sha256 {ours['checksum'][:12]}); " + fix.format(part=part)
             )
 
 
@@ -330,8 +372,46 @@ def restore_source(model, config: ml_collections.ConfigDict, identity: dict) -> 
                     f"{src} was trained with {field}={meta['config'][field]}, this run has {config[field]}; "
                     f"set --config.{field}={meta['config'][field]}"
                 )
-        source_params = nnx.state(model, optim.trainable_filter(config.method, "source"))
+        source_params = nnx.state(model, optim.path_filter(methods.get(config.method).transferred))
         nnx.update(model, ckpts.restore_params(step, source_params))
     finally:
         ckpts.close()
     return {"workdir": str(src.absolute()), "step": step}
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's model at any of its checkpoints.
+# ---------------------------------------------------------------------------------------------
+
+
+class RunModel:
+    """The model of the run whose checkpoints `ckpts` holds: `at(step)` is the SharPT with that checkpoint's
+    trainable parameters, on the setup's mesh.
+
+    The frozen parts (and a target run's frozen codebook, from the source checkpoint its metadata names) are
+    built once, on the first `at`, after checking that the run used the same frozen models; each `at` then only
+    restores the checkpoint's trainable parameters.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, setup: Setup, ckpts: checkpoints.Checkpoints):
+        self.config, self.setup, self.ckpts = config, setup, ckpts
+        self._parts = None
+
+    def at(self, step: int) -> SharPT:
+        if self._parts is None:
+            self._parts = self._build(self.ckpts.metadata(self.ckpts.all_steps()[-1]))
+        graphdef, trainable, frozen = self._parts
+        return nnx.merge(graphdef, self.ckpts.restore_params(step, trainable), frozen)
+
+    def _build(self, metadata: dict):
+        """(graphdef, trainable, frozen) placed on the mesh; the trainable part holds the initial values."""
+        config, mesh = self.config, self.setup.mesh
+        model, identity = build_model(config, self.setup.files, mesh)
+        check_same_models(metadata["identity"], identity, "the run being scored")
+        if metadata.get("source"):
+            source = config.copy_and_resolve_references()
+            source.source_checkpoint, source.source_step = metadata["source"]["workdir"], metadata["source"]["step"]
+            restore_source(model, source, identity)
+        graphdef, trainable, frozen = optim.split_model(model, config.method, config.stage)
+        trainable = jax.device_put(trainable, sharding.state_shardings(trainable, mesh))
+        return graphdef, trainable, jax.device_put(frozen, sharding.state_shardings(frozen, mesh))

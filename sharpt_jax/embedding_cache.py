@@ -29,7 +29,6 @@ bit for bit). Host memory: N * (m + I) * 4 bytes, 3.3 MB for 1K rows at m = 768,
 import functools
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -40,7 +39,7 @@ import seqio
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from sharpt_jax import data, sharding
+from sharpt_jax import data, sharding, storage
 from tasks import registry
 from tasks.features import SharPTFeatureConverter
 
@@ -110,25 +109,38 @@ def distinct_rows(task_or_mixture: str, sequence_length: data.Lengths) -> np.nda
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
-def _encode(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, mask: jax.Array) -> jax.Array:
-    return nnx.merge(graphdef, state)(tokens, mask)
+def instance_embeddings(graphdef: nnx.GraphDef, state: nnx.State, batch: dict) -> tuple[jax.Array, jax.Array | None]:
+    """The frozen instance encoder's pass over a batch, and the codebook's choice: the one jitted function every
+    caller outside the train step and the scorers uses (the cache below, the k-means start, the experiments).
+
+    Args:
+      graphdef, state: `nnx.split` of a `SharPT` model with an instance encoder.
+      batch: at least instance_input_tokens / instance_input_mask [B, I].
+
+    Returns:
+      e0: float32 [B, m]; skill: int32 [B], the nearest skill vector of each instance, or None without a codebook.
+    """
+    model = nnx.merge(graphdef, state)
+    e0 = model.instance_embedding(batch).astype(jax.numpy.float32)
+    return e0, None if model.codebook is None else model.codebook(e0)[1]
 
 
-def compute_embeddings(encoder: nnx.Module, rows: np.ndarray, batch_size: int, mesh: jax.sharding.Mesh) -> np.ndarray:
-    """e0 of every row: int32 [N, I] -> float32 [N, m], in global batches of `batch_size` split over 'data'.
+def compute_embeddings(model: nnx.Module, rows: np.ndarray, batch_size: int, mesh: jax.sharding.Mesh) -> np.ndarray:
+    """e0 of every row by the `SharPT` model's encoder: int32 [N, I] -> float32 [N, m], in global batches of
+    `batch_size` split over 'data'.
 
     Every host holds all rows and places those of its devices (as evaluation does); the last batch is padded
     with zero rows, whose outputs are dropped. The mask is the feature converter's: 1 where the token is not 0.
     """
-    graphdef, state = nnx.split(encoder)
+    graphdef, state = nnx.split(model)
     state = jax.device_put(state, sharding.state_shardings(state, mesh))
     data.check_batch_size(batch_size, mesh)
     out = []
     for start in range(0, len(rows), batch_size):
         tokens = rows[start : start + batch_size]
         tokens = np.pad(tokens, [(0, batch_size - len(tokens)), (0, 0)])
-        batch = data.to_global({"tokens": tokens, "mask": (tokens != 0).astype(np.int32)}, mesh)
-        e0 = _encode(graphdef, state, batch["tokens"], batch["mask"])
+        batch = {"instance_input_tokens": tokens, "instance_input_mask": (tokens != 0).astype(np.int32)}
+        e0, _ = instance_embeddings(graphdef, state, data.to_global(batch, mesh))
         out.append(np.asarray(multihost_utils.process_allgather(e0, tiled=True), np.float32))
     return np.concatenate(out)[: len(rows)]
 
@@ -156,13 +168,10 @@ def cache_file(config: ml_collections.ConfigDict, task: str, identity: dict) -> 
 
 
 def save(path: Path, table: EmbeddingTable, fields: dict) -> None:
-    """Writes the table through a temporary file and a rename: a killed run leaves no partial table, and two
-    runs building the same table at once both leave a whole one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    """Writes the table atomically (`storage.replacing`): a killed run leaves no partial table, and two runs
+    building the same table at once both leave a whole one."""
+    with storage.replacing(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, tokens=table.tokens, embeddings=table.embeddings, fields=json.dumps(fields))
-    tmp.replace(path)
 
 
 def load(path: Path) -> EmbeddingTable:
@@ -198,7 +207,7 @@ def for_run(
         return table
     start = time.perf_counter()
     rows = distinct_rows(task, config.sequence_length.to_dict())
-    embeddings = compute_embeddings(model.instance_encoder, rows, config.eval.batch_size, mesh)
+    embeddings = compute_embeddings(model, rows, config.eval.batch_size, mesh)
     table = EmbeddingTable(rows, embeddings, path)
     if is_main:
         save(path, table, fields)

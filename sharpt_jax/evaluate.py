@@ -1,27 +1,22 @@
-"""Evaluation: scoring a model on the splits of a task with the task's seqio postprocessor and metrics.
+"""The eval mode: score every saved checkpoint of a run once, select the best on validation, report its test.
 
-`score_split` runs a `SharPT` model over one split and applies the task's postprocessor and metric
-functions (`tasks.metrics.TASK_EVAL`) the way seqio's Evaluator does: the target is
-`postprocess_fn(targets_pretokenized, example=ex, is_target=True)`, the prediction
-`postprocess_fn(text, example=ex, is_target=False)`. A prediction's text comes from one of two procedures
-(`config.eval.scoring`, recorded in every results file so that no table mixes them):
-- "decode" (the default, as T5, SPoT and the paper's baselines score): greedy decoding with the key/value
-  cache (`decoding.greedy_decode`), detokenised up to EOS by the targets vocabulary; a string that is none of
-  a task's labels counts as wrong.
-- "rank_classification", for tasks with a closed label set (`label_names`, not `always_decode`; the span
-  and free-text tasks still decode): every label string (T5 targets vocabulary, cut to the targets length,
-  + EOS) is scored by its summed log-likelihood given the input and the prompt, and the best label is the
-  prediction. It never produces an invalid answer, so its scores are not comparable with decoding's. The
-  encoder runs once per batch; the decoder scores all B * C (example, label) pairs in one teacher-forced pass
-  over the broadcast encoder output.
+    python run.py --config=configs/target.py:wic --workdir=DIR --config.mode=eval
 
-The jitted functions live at module level and take (graphdef, state) with the graphdef static, so every call
-with a model of the same structure (the next checkpoint, the next split) and the same batch shapes reuses the
-compiled code.
+Scoring itself (decoding or rank classification, the tasks' postprocessors and metrics) is `sharpt_jax.scoring`;
+this module walks the checkpoints, keeps the results files and writes the best step's predictions.
+
+Writes, under workdir/eval/ (each file replaced atomically after every checkpoint, so a killed evaluation loses
+at most the checkpoint it was scoring, and a rerun scores only what is missing):
+  results.json  {"<step>": {"<split>": {"<metric>": value, ..., "score": value}}, "protocol": {"scoring",
+                "split_protocol"}}: validation at every step, the other splits at the best step (at every step
+                with config.eval.every_split_every_checkpoint)
+  skills.json   {"<step>": {"<split>": {"<task>": [K] skill counts}}}   (methods with a codebook)
+  best.json     {"step", "validation", "test", "selected_by", "protocol"}: the step with the highest validation
+                score (the earliest on ties), as the paper reports
+  predictions/<best step>/<split>.jsonl   one JSON object per example, in the split's order: task, inputs,
+                target, prediction (the decoded or ranked text) and skill (SharPT)
 """
 
-import dataclasses
-import functools
 import json
 import os
 import time
@@ -29,374 +24,54 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import seqio
-from flax import nnx
-from jax.experimental import multihost_utils
 
-from sharpt_jax import build, checkpoints, data, optim, sharding
-from sharpt_jax.decoding import greedy_decode
-from sharpt_jax.models.sharpt import SharPT
-from tasks import registry, skills, sources
-from tasks.metrics import TASK_EVAL
+from sharpt_jax import build, checkpoints, scoring, storage
+from sharpt_jax.models import methods
+from sharpt_jax.scoring import SplitScore
 
 PROGRESS_SECONDS = 30  # An evaluation prints a progress line at most this often, and its result at the end.
-
-
-@dataclasses.dataclass(frozen=True)
-class SplitScore:
-    """What `score_split` found on one split.
-
-    Attributes:
-      metrics: {metric name: value} of the task's seqio metric functions over the whole split.
-      texts: the predicted text of every example (a label string or the decoded answer), in the split's order.
-      predictions: the postprocessed prediction of every example, in the split's order.
-      examples: the split's examples (numpy values, strings as bytes), in order.
-      skills: int [num_examples], the codebook index each example chose; None when the method has no codebook.
-    """
-
-    metrics: dict[str, float]
-    texts: list[str]
-    predictions: list
-    examples: list
-    skills: np.ndarray | None
-
-    @property
-    def num_examples(self) -> int:
-        return len(self.examples)
-
-
-def label_candidates(
-    vocabulary: seqio.Vocabulary, label_names: Sequence[str], max_length: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The label strings as decoder targets, made as the task's training targets are.
-
-    Like seqio's `append_eos_after_trim`, a label's pieces are cut to max_length - 1 before EOS, so a label
-    longer than the targets length is scored as the truncated form that the model was trained on.
-
-    Args:
-      vocabulary: the vocabulary of the task's "targets" feature.
-      label_names: the C label strings.
-      max_length: the targets length S of the input pipeline.
-
-    Returns:
-      tokens: int32 [C, S_c], label c's tokens and EOS, zero-padded to the longest (S_c <= S).
-      weights: int32 [C, S_c], 1 on label c's tokens and EOS, 0 on the padding.
-
-    Raises:
-      ValueError: two labels are the same after the cut.
-    """
-    encoded = [list(vocabulary.encode(name))[: max_length - 1] + [vocabulary.eos_id] for name in label_names]
-    if len({tuple(ids) for ids in encoded}) < len(encoded):
-        raise ValueError(f"labels {list(label_names)} are not distinct when cut to the targets length {max_length}")
-    lengths = np.array([len(ids) for ids in encoded])
-    tokens = np.zeros((len(encoded), lengths.max()), np.int32)
-    for row, ids in zip(tokens, encoded, strict=True):
-        row[: len(ids)] = ids
-    weights = (np.arange(tokens.shape[1])[None, :] < lengths[:, None]).astype(np.int32)
-    return tokens, weights
-
-
-@functools.partial(jax.jit, static_argnames="graphdef")
-def label_log_likelihoods(
-    graphdef: nnx.GraphDef,
-    state: nnx.State,
-    batch: Mapping[str, jax.Array],
-    candidates: jax.Array,
-    weights: jax.Array,
-) -> tuple[jax.Array, jax.Array | None]:
-    """Summed log-likelihood of every candidate target given every example's input and prompt.
-
-    Args:
-      graphdef, state: `nnx.split` of a `SharPT` model.
-      batch: the model features of B examples (see `SharPT`); only the encoder and instance inputs are read.
-      candidates: int [C, S_c] target tokens (with EOS), zero-padded; `label_candidates` makes them.
-      weights: [C, S_c], 1 on the candidates' real tokens.
-
-    Returns:
-      scores: float32 [B, C], the sum over s of
-        weights[c, s] * log p(candidates[c, s] | input b, candidates[c, :s]).
-      skills: int32 [B], the codebook index of each example, or None when the method has no codebook.
-    """
-    model = nnx.merge(graphdef, state)
-    prompt, aux = model.prompts(batch)
-    encoded, encoder_mask = model.t5.encode(batch["encoder_input_tokens"], batch["encoder_input_mask"], prompt)
-    batch_size, num_candidates = encoded.shape[0], candidates.shape[0]
-    # Row b * C + c pairs example b with candidate c.
-    encoded = jnp.repeat(encoded, num_candidates, axis=0)
-    encoder_mask = jnp.repeat(encoder_mask, num_candidates, axis=0)
-    targets = jnp.tile(candidates, (batch_size, 1))  # [B * C, S_c]
-    start = jnp.full((targets.shape[0], 1), model.t5.config.decoder_start_token_id, targets.dtype)
-    decoder_inputs = jnp.concatenate([start, targets[:, :-1]], axis=1)
-    # Causal masking suffices: the padding after a candidate's EOS only follows it and has weight 0.
-    logits = model.t5.decode(decoder_inputs, encoded, encoder_mask)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    token_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-    scores = jnp.sum(token_log_probs * jnp.tile(weights, (batch_size, 1)).astype(jnp.float32), axis=-1)
-    return scores.reshape(batch_size, num_candidates), aux.get("skill")
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_decode_len"))
-def greedy_tokens(
-    graphdef: nnx.GraphDef, state: nnx.State, batch: Mapping[str, jax.Array], max_decode_len: int
-) -> tuple[jax.Array, jax.Array | None]:
-    """Greedy decoding of every example of the batch with its prompt.
-
-    Returns:
-      tokens: int32 [B, max_decode_len], each row ending at its first EOS and zero after it.
-      skills: int32 [B] codebook indices, or None when the method has no codebook.
-    """
-    model = nnx.merge(graphdef, state)
-    prompt, aux = model.prompts(batch)
-    tokens = greedy_decode(
-        model.t5,
-        batch["encoder_input_tokens"],
-        batch["encoder_input_mask"],
-        prompt,
-        max_decode_len=max_decode_len,
-    )
-    return tokens, aux.get("skill")
-
-
-def task_metrics(task: str, examples: Sequence[Mapping], texts: Sequence[str]) -> dict[str, float]:
-    """The task's metrics of predicted texts, postprocessed like seqio's Evaluator does.
-
-    Args:
-      task: a registered task, "sharpt_rte" (or "rte").
-      examples: the task's examples (numpy values, as its dataset yields them), one per prediction.
-      texts: the predicted text of every example (a label string, a decoded answer).
-    """
-    return _score_texts(task_eval_of(task), examples, texts)[0]
-
-
-def task_eval_of(task: str):
-    """The TaskEval of a registered task ("sharpt_rte", "rte" or a skills-world task)."""
-    name = task.removeprefix(registry.PREFIX)
-    return skills.EVAL if name.startswith("skills_") else TASK_EVAL[name]
-
-
-def _score_texts(task_eval, examples: Sequence[Mapping], texts: Sequence[str]) -> tuple[dict[str, float], list]:
-    """(metrics, postprocessed predictions) of predicted texts; see `task_metrics`."""
-    postprocess = task_eval.postprocess_fn
-    predictions = postprocess_texts(task_eval, examples, texts)
-    # seqio's Evaluator hands the postprocessor the target as str.
-    targets = [postprocess(_text(ex["targets_pretokenized"]), example=ex, is_target=True) for ex in examples]
-    metrics = {}
-    for metric_fn in task_eval.metric_fns:
-        metrics.update({key: float(value) for key, value in metric_fn(targets, predictions).items()})
-    return metrics, predictions
-
-
-def postprocess_texts(task_eval, examples: Sequence[Mapping], texts: Sequence[str]) -> list:
-    """The predictions of predicted texts, as seqio's Evaluator makes them (and `sharpt_jax.predict` serves)."""
-    return [task_eval.postprocess_fn(t, example=ex, is_target=False) for t, ex in zip(texts, examples, strict=True)]
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def score_split(
-    model: SharPT,
-    task: str,
-    split: str,
-    *,
-    sequence_length: Mapping[str, int],
-    batch_size: int,
-    max_decode_len: int,
-    mesh: jax.sharding.Mesh,
-    scoring: str = "decode",
-) -> SplitScore:
-    """Scores `model` on one split of `task` with the task's postprocessor and metrics.
-
-    Args:
-      model: a `SharPT` of any method; its state may be sharded on `mesh`.
-      task: a registered task, "sharpt_rte" (or "rte").
-      split: "validation", "test", ...
-      sequence_length: {"inputs": T, "targets": S, "instance_inputs": I} of the input pipeline.
-      batch_size: global rows per batch (a multiple of the mesh's data axis); the last batch is padded.
-      max_decode_len: decoder positions of greedy decoding (unused by rank-classified tasks).
-      mesh: the device mesh; batches are split over its 'data' axis.
-      scoring: "decode" or "rank_classification" (see the module docstring).
-
-    Returns:
-      The split's `SplitScore`. Padding rows never reach the predictions, skills or metrics.
-    """
-    if scoring not in build.SCORING:
-        raise ValueError(f"scoring={scoring!r} is not one of {', '.join(build.SCORING)}")
-    name = task.removeprefix(registry.PREFIX)
-    task_eval = task_eval_of(name)
-    vocabulary = seqio.get_mixture_or_task(registry.PREFIX + name).output_features["targets"].vocabulary
-    rank = scoring == "rank_classification" and task_eval.label_names is not None and not task_eval.always_decode
-    candidates = label_candidates(vocabulary, task_eval.label_names, sequence_length["targets"]) if rank else None
-    graphdef, state = nnx.split(model)
-
-    outputs, num_real_rows, examples = [], [], []
-    for batch, num_real, batch_examples in data.eval_batches(
-        registry.PREFIX + name, split, sequence_length, batch_size, mesh
-    ):
-        if rank:
-            outputs.append(label_log_likelihoods(graphdef, state, batch, *candidates))
-        else:
-            outputs.append(greedy_tokens(graphdef, state, batch, max_decode_len=max_decode_len))
-        num_real_rows.append(num_real)
-        examples.extend(batch_examples)
-    if not examples:
-        raise ValueError(f"{task} has no {split} examples to score")
-    # One fetch after the loop: batches are dispatched asynchronously, so the device works while the input
-    # pipeline prepares the next batch. Gathering makes each host's rows visible to every host.
-    outputs = multihost_utils.process_allgather(outputs, tiled=True)
-    values = np.concatenate([out[:n] for (out, _), n in zip(outputs, num_real_rows, strict=True)])
-    skills = None
-    if outputs[0][1] is not None:
-        skills = np.concatenate([skill[:n] for (_, skill), n in zip(outputs, num_real_rows, strict=True)])
-
-    if rank:
-        texts = [task_eval.label_names[c] for c in np.argmax(values, axis=-1)]
-    else:
-        texts = [vocabulary.decode(row.tolist()) for row in values]
-    metrics, predictions = _score_texts(task_eval, examples, texts)
-    return SplitScore(metrics=metrics, texts=texts, predictions=predictions, examples=examples, skills=skills)
-
-
-# ---------------------------------------------------------------------------------------------
-# Every task of a run, and the eval mode: score every saved checkpoint once.
-# ---------------------------------------------------------------------------------------------
-
-
-def score_tasks(
-    model: SharPT, eval_tasks: Sequence[str], split: str, config, mesh: jax.sharding.Mesh
-) -> tuple[dict[str, float], dict[str, list[int]], dict[str, SplitScore]]:
-    """Scores `model` on `split` of every task of a run (one task, or the tasks of its mixture).
-
-    Returns:
-      metrics: {metric: value} for one task, {"<task>/<metric>": value} for several, and "score": the mean
-        over tasks of the mean of each task's metrics (what selects the best checkpoint).
-      skills: {task: [K] counts of the codebook index its examples chose} (empty without a codebook).
-      scored: {task: its `SplitScore`} (texts and examples for the predictions file).
-    """
-    metrics, skills, task_means, scored = {}, {}, [], {}
-    for task in eval_tasks:
-        name = task.removeprefix(registry.PREFIX)
-        scored[name] = score_split(
-            model,
-            task,
-            split,
-            sequence_length=config.sequence_length.to_dict(),
-            batch_size=config.eval.batch_size,
-            max_decode_len=config.eval.max_decode_len,
-            mesh=mesh,
-            scoring=config.eval.scoring,
-        )
-        prefix = f"{name}/" if len(eval_tasks) > 1 else ""
-        metrics.update({prefix + key: value for key, value in scored[name].metrics.items()})
-        task_means.append(float(np.mean(list(scored[name].metrics.values()))))
-        if scored[name].skills is not None:
-            skills[name] = np.bincount(scored[name].skills, minlength=config.num_skills).tolist()
-    metrics["score"] = float(np.mean(task_means))
-    return metrics, skills, scored
-
-
-def scoring_protocol(config, eval_tasks: Sequence[str]) -> dict[str, str]:
-    """How a run's numbers were made: the scoring mode and the split protocol of its tasks. Every results file
-    records it, so that no table mixes rank classification with decoding or one split protocol with another."""
-    generated = [t for t in eval_tasks if t.removeprefix(registry.PREFIX).startswith("skills_")]
-    split_protocol = skills.SPLIT_PROTOCOL if generated else sources.SPLIT_PROTOCOL
-    return {"scoring": config.eval.scoring, "split_protocol": split_protocol}
+SELECTED_BY = "the highest validation score (mean of the metrics), the earliest step on ties"
 
 
 def evaluate_checkpoints(config, workdir: str | os.PathLike) -> dict:
     """Scores every checkpoint of `workdir` on validation, selects the best, scores the other splits of
-    `config.eval.splits` there and writes its predictions; returns best.json's content.
-
-    Writes, under workdir/eval/ (each file replaced atomically after every checkpoint, so a killed evaluation
-    loses at most the checkpoint it was scoring, and a rerun scores only what is missing):
-      results.json  {"<step>": {"<split>": {"<metric>": value, ..., "score": value}}, "protocol": {"scoring",
-                    "split_protocol"}}: validation at every step, the other splits at the best step (at every
-                    step with config.eval.every_split_every_checkpoint)
-      skills.json   {"<step>": {"<split>": {"<task>": [K] skill counts}}}   (SharPT only)
-      best.json     {"step", "validation", "test", "selected_by", "protocol"}: the step with the highest
-                    validation score (the earliest on ties), as the paper reports
-      predictions/<best step>/<split>.jsonl   one JSON object per example, in the split's order: task,
-                    inputs, target, prediction (the decoded or ranked text) and skill (SharPT)
+    `config.eval.splits` there and writes its predictions; returns best.json's content (module docstring).
 
     Raises:
       ConfigError: no checkpoints, no validation split, or eval/ holds scores of another protocol.
     """
     workdir = Path(workdir)
-    build.check_config(config)
     if "validation" not in config.eval.splits:
         raise build.ConfigError(f"config.eval.splits={config.eval.splits}: validation selects the best checkpoint")
-    files = build.resolve_files(config)
-    _, eval_tasks = build.configure_tasks(config, files)
-    mesh = build.make_mesh(config)
+    setup = build.prepare(config)
     ckpts = checkpoints.Checkpoints(workdir)
-    steps = ckpts.all_steps()
-    if not steps:
-        raise build.ConfigError(f"{workdir}: no checkpoints to score under {ckpts.directory}; train first")
-    out_dir = workdir / "eval"
-    protocol = scoring_protocol(config, eval_tasks)
-    results = _read_json(out_dir / "results.json") or {"protocol": protocol}
-    if results.get("protocol") != protocol:
-        raise build.ConfigError(
-            f"{out_dir} holds scores made with {results.get('protocol')}, this evaluation uses {protocol}; move "
-            f"{out_dir} away (or pass the same --config.eval.scoring) so that no table mixes protocols"
-        )
-    skills = _read_json(out_dir / "skills.json")
-    graphdef = trainable = frozen = None
-    num_scored, last_line = 0, time.perf_counter()
+    try:
+        steps = ckpts.all_steps()
+        if not steps:
+            raise build.ConfigError(f"{workdir}: no checkpoints to score under {ckpts.directory}; train first")
+        book = Results(workdir / "eval", scoring.scoring_protocol(config, setup.eval_tasks), config.method)
+        run_model = build.RunModel(config, setup, ckpts)
 
-    def score(step: int, splits: Sequence[str]) -> dict[str, dict[str, SplitScore]]:
-        """Scores checkpoint `step` on `splits`, records metrics and skill counts; returns the SplitScores."""
-        nonlocal graphdef, trainable, frozen, num_scored, last_line
-        if graphdef is None:  # Built once, on the first checkpoint that needs scoring.
-            graphdef, trainable, frozen = model_of_run(config, files, ckpts.metadata(steps[-1]), mesh)
-        model = nnx.merge(graphdef, ckpts.restore_params(step, trainable), frozen)
-        scored = {}
-        for split in splits:
-            metrics, counts, scored[split] = score_tasks(model, eval_tasks, split, config, mesh)
-            results.setdefault(str(step), {})[split] = metrics
-            skills.setdefault(str(step), {})[split] = counts
-        _write_json(out_dir / "results.json", results)
-        if config.method == "sharpt":
-            _write_json(out_dir / "skills.json", skills)
-        num_scored += 1
-        if time.perf_counter() - last_line >= PROGRESS_SECONDS:
-            line = ", ".join(f"{split} {results[str(step)][split]['score']:.2f}" for split in splits)
-            print(f"eval step {step}: {line} ({num_scored} scored so far)", flush=True)
-            last_line = time.perf_counter()
-        return scored
+        def score(step: int, splits: Sequence[str]) -> dict[str, dict[str, SplitScore]]:
+            model = run_model.at(step)
+            return {
+                split: book.add(step, split, *scoring.score_tasks(model, setup.eval_tasks, split, config, setup.mesh))
+                for split in splits
+            }
 
-    def rank(step: int) -> tuple[float, int]:
-        return results[str(step)]["validation"]["score"], -step  # The earliest step wins ties.
-
-    every = config.eval.splits if config.eval.every_split_every_checkpoint else ("validation",)
-    leader, leader_scores = None, {}  # The best step scored here, and its SplitScores (for its predictions).
-    for step in steps:
-        if missing := [split for split in every if split not in results.get(str(step), {})]:
-            scored = score(step, missing)
-            if leader is None or rank(step) > rank(leader):
-                leader, leader_scores = step, scored
-    best_step = max(steps, key=rank)
-    # The best step's other splits, and the predictions of every split (validation is scored again only when
-    # an earlier invocation scored the best step).
-    predictions_dir = out_dir / "predictions" / str(best_step)
-    if missing := [split for split in config.eval.splits if not (predictions_dir / f"{split}.jsonl").exists()]:
-        scored = leader_scores if leader == best_step else {}
-        if to_score := [split for split in missing if split not in scored]:
-            scored = {**scored, **score(best_step, to_score)}
-        for split in missing:
-            _write_predictions(predictions_dir / f"{split}.jsonl", scored[split])
-    ckpts.close()
-    best = {
-        "step": best_step,
-        "validation": results[str(best_step)]["validation"],
-        "test": results[str(best_step)].get("test"),
-        "selected_by": "the highest validation score (mean of the metrics), the earliest step on ties",
-        "protocol": protocol,
-    }
-    _write_json(out_dir / "best.json", best)
+        best_step, leader_scores = _score_validation(book, steps, config.eval, score)
+        # The best step's other splits, and the predictions of every split (validation is scored again only when
+        # an earlier invocation scored the best step).
+        predictions_dir = book.folder / "predictions" / str(best_step)
+        if missing := [split for split in config.eval.splits if not (predictions_dir / f"{split}.jsonl").exists()]:
+            scored = dict(leader_scores)
+            if to_score := [split for split in missing if split not in scored]:
+                scored.update(score(best_step, to_score))
+            for split in missing:
+                write_predictions(predictions_dir / f"{split}.jsonl", scored[split])
+    finally:
+        ckpts.close()
+    best = book.best(best_step)
     scores = f"validation {best['validation']['score']:.2f}" + (
         f", test {best['test']['score']:.2f}" if best["test"] else ""
     )
@@ -404,7 +79,66 @@ def evaluate_checkpoints(config, workdir: str | os.PathLike) -> dict:
     return best
 
 
-def _write_predictions(path: Path, scored: Mapping[str, SplitScore]) -> None:
+def _score_validation(book: "Results", steps: list[int], eval_config, score) -> tuple[int, dict]:
+    """Scores every step on what it lacks (validation, or every split); returns the best step and, when this
+    call scored it, its SplitScores by split ({} otherwise)."""
+    every = eval_config.splits if eval_config.every_split_every_checkpoint else ("validation",)
+    leader, leader_scores = None, {}  # The best step scored here, and its SplitScores (for its predictions).
+    for step in steps:
+        if missing := [split for split in every if split not in book.results.get(str(step), {})]:
+            scored = score(step, missing)
+            if leader is None or book.rank(step) > book.rank(leader):
+                leader, leader_scores = step, scored
+    best_step = max(steps, key=book.rank)
+    return best_step, leader_scores if leader == best_step else {}
+
+
+class Results:
+    """eval/results.json and eval/skills.json of a run, kept in memory and written after every scored split."""
+
+    def __init__(self, folder: Path, protocol: dict, method: str):
+        self.folder, self.protocol, self.method = folder, protocol, method
+        self.results = storage.read_json(folder / "results.json") or {"protocol": protocol}
+        if self.results.get("protocol") != protocol:
+            raise build.ConfigError(
+                f"{folder} holds scores made with {self.results.get('protocol')}, this evaluation uses {protocol}; "
+                f"move {folder} away (or pass the same --config.eval.scoring) so that no table mixes protocols"
+            )
+        self.skills = storage.read_json(folder / "skills.json", {})
+        self.num_scored, self.last_line = 0, time.perf_counter()
+
+    def add(self, step: int, split: str, metrics: dict, counts: dict, scored: dict) -> dict[str, SplitScore]:
+        """Records `scoring.score_tasks`'s result for (step, split); returns its SplitScores."""
+        self.results.setdefault(str(step), {})[split] = metrics
+        self.skills.setdefault(str(step), {})[split] = counts
+        if jax.process_index() == 0:  # Every host computes the same results; the first writes them.
+            storage.write_json(self.folder / "results.json", self.results)
+            if methods.get(self.method).has_codebook:
+                storage.write_json(self.folder / "skills.json", self.skills)
+        self.num_scored += 1
+        if time.perf_counter() - self.last_line >= PROGRESS_SECONDS:
+            print(f"eval step {step}: {split} {metrics['score']:.2f} ({self.num_scored} scored so far)", flush=True)
+            self.last_line = time.perf_counter()
+        return scored
+
+    def rank(self, step: int) -> tuple[float, int]:
+        return self.results[str(step)]["validation"]["score"], -step  # The earliest step wins ties.
+
+    def best(self, step: int) -> dict:
+        """Writes and returns best.json's content for `step`."""
+        best = {
+            "step": step,
+            "validation": self.results[str(step)]["validation"],
+            "test": self.results[str(step)].get("test"),
+            "selected_by": SELECTED_BY,
+            "protocol": self.protocol,
+        }
+        if jax.process_index() == 0:
+            storage.write_json(self.folder / "best.json", best)
+        return best
+
+
+def write_predictions(path: Path, scored: Mapping[str, SplitScore]) -> None:
     """One JSON line per example of every task of `scored` ({task: SplitScore}), written atomically."""
     lines = []
     for task, split_score in scored.items():
@@ -412,45 +146,12 @@ def _write_predictions(path: Path, scored: Mapping[str, SplitScore]) -> None:
         for example, text, skill in zip(split_score.examples, split_score.texts, skill_of, strict=True):
             row = {
                 "task": task,
-                "inputs": _text(example["inputs_pretokenized"]),
-                "target": _text(example["targets_pretokenized"]),
+                "inputs": scoring.text(example["inputs_pretokenized"]),
+                "target": scoring.text(example["targets_pretokenized"]),
                 "prediction": text,
             }
             if skill is not None:
                 row["skill"] = int(skill)
             lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-    _write_text(path, "".join(lines))
-
-
-def model_of_run(config, files, metadata: dict, mesh: jax.sharding.Mesh):
-    """(graphdef, trainable, frozen) of the run that wrote the checkpoints, placed on `mesh`; the trainable
-    part holds the initial values (each checkpoint replaces them). A target run's frozen codebook comes from
-    the source checkpoint its metadata names."""
-    model, identity = build.build_model(config, files, mesh)
-    build.check_same_models(metadata["identity"], identity, "the run being scored")
-    if metadata.get("source"):
-        source = config.copy_and_resolve_references()
-        source.source_checkpoint, source.source_step = metadata["source"]["workdir"], metadata["source"]["step"]
-        build.restore_source(model, source, identity)
-    graphdef, trainable, frozen = optim.split_model(model, config.method, config.stage)
-    trainable = jax.device_put(trainable, sharding.state_shardings(trainable, mesh))
-    return graphdef, trainable, jax.device_put(frozen, sharding.state_shardings(frozen, mesh))
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _write_json(path: Path, value) -> None:
-    _write_text(path, json.dumps(value, indent=2) + "\n")
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Writes through a temporary file and a rename, so readers never see half a file (the first host only:
-    every host computes the same results)."""
-    if jax.process_index() != 0:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    if jax.process_index() == 0:
+        storage.write_text(path, "".join(lines))

@@ -27,6 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sharpt_jax import sharding
+from sharpt_jax.models import encoder, t5
+
 
 class CheckpointError(ValueError):
     """A Hugging Face folder that cannot be turned into our model, with the reason and the file."""
@@ -229,8 +232,6 @@ def load_params(
     cast to `dtype`) and dropped from host memory, so loading holds at most one parameter besides the placed
     weights. `mesh` None places everything on this process's first device.
     """
-    from sharpt_jax import sharding  # Here: sharding is light, but keeps hf importable on its own.
-
     if mesh is None:
         mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:1]).reshape(1, 1), sharding.MESH_AXES)
     state = nnx.state(model, nnx.Param)
@@ -326,12 +327,10 @@ def load_t5(
     Raises:
       CheckpointError: unsupported config, no weights, or a missing, unused or misshapen tensor.
     """
-    from sharpt_jax.models import t5  # Here, not at the top: t5 imports this module for CheckpointError.
-
     folder = resolve_folder(path)
     try:
         config = t5.T5Config.from_hf(read_config(folder))
-    except CheckpointError as err:
+    except ValueError as err:
         raise CheckpointError(f"{folder / 'config.json'}: {err}") from err
     weights, source = read_weights(folder)
     lm_head, shared = weights.get("lm_head.weight"), weights.get("shared.weight")
@@ -411,12 +410,10 @@ def load_encoder(
       CheckpointError: unsupported config, no weights, no pooler weights for pooling='pooler', or a missing,
         unused or misshapen tensor.
     """
-    from sharpt_jax.models import encoder  # Here, not at the top: encoder imports this module.
-
     folder = resolve_folder(path)
     try:
         config = encoder.BertConfig.from_hf(read_config(folder))
-    except CheckpointError as err:
+    except ValueError as err:
         raise CheckpointError(f"{folder / 'config.json'}: {err}") from err
     weights, source = read_weights(folder)
     # Checkpoints converted from Google's TensorFlow BERT (e.g. bert-base-uncased's pytorch_model.bin) call

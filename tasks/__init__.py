@@ -11,12 +11,12 @@
 Modules: sources (TFDS or data files, split protocol), preprocessors (shared format helpers), one module per
 family (glue, super_glue, qa, multiple_choice, classification), mixtures, features (vocabularies, feature
 converter), registry (registration helper, settings, TaskInfo), samples (bundled sample data); metrics,
-postprocessors and prepare (CxC and CR release files -> data folder). `skills` registers the synthetic
+postprocessors and prepare (CxC and CR release files -> data folder). `skills_world` registers the synthetic
 skills world (`sharpt_skills_*`, not among `names()`), where the method's learning is measured.
 """
 
 # Importing the family modules and the mixtures registers them.
-from tasks import classification, glue, mixtures, multiple_choice, qa, skills, super_glue  # noqa: F401
+from tasks import classification, glue, mixtures, multiple_choice, qa, skills_world, super_glue  # noqa: F401
 from tasks.registry import TaskInfo, configure, info, names
 
 __all__ = ["TaskInfo", "configure", "info", "names"]

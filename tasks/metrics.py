@@ -224,6 +224,11 @@ class TaskEval:
     label_names: tuple[str, ...] | None = None
     always_decode: bool = False
 
+    def ranks(self, scoring: str) -> bool:
+        """Whether `scoring` ("decode" or "rank_classification") ranks this task's labels: only a closed label
+        set can be ranked; span and free-text answers are decoded whatever the scoring."""
+        return scoring == "rank_classification" and self.label_names is not None and not self.always_decode
+
 
 def _classification(*label_names: str, metric_fns: tuple[Callable, ...] = (accuracy,)) -> TaskEval:
     return TaskEval(functools.partial(pp.class_id, label_names=label_names), metric_fns, label_names)

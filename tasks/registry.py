@@ -1,6 +1,10 @@
 """The one helper that registers a task, the settings `tasks.configure` changes, and `tasks.info`.
 
-Every task is registered as the seqio task `sharpt_<name>` with:
+Every task, of every family (the paper's 25, the skills world), is registered by `register` as the seqio task
+`sharpt_<name>` with its source, its preprocessors followed by EOS after trimming, the project's output features
+and the postprocessor and metrics of its `TaskEval`; `register` also records how the task is scored (its
+`TaskEval` and split protocol) and the raw fields of a row, which the evaluator and the server read through
+`task_eval`, `split_protocol` and `row_features` whatever the family. The paper's tasks come through `add_task`:
 - a `sources.ProtocolSource` (TFDS or the data folder, cut into train/validation/test by the split protocol);
 - its format (raw rows -> inputs/targets strings and the fields the postprocessors read), then tokenisation
   into `inputs`, `targets` and `instance_inputs` (tasks/features.py) and EOS after trimming;
@@ -15,7 +19,7 @@ import dataclasses
 import seqio
 
 from tasks import features, sources
-from tasks.metrics import TASK_EVAL
+from tasks.metrics import TASK_EVAL, TaskEval
 from tasks.preprocessors import Format
 
 PREFIX = "sharpt_"
@@ -86,21 +90,79 @@ class TaskInfo:
     always_decode: bool
 
 
-_FAMILIES: dict[str, str] = {}
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+    """How a registered task is scored and served (what `register` records beside the seqio task)."""
+
+    task_eval: TaskEval
+    split_protocol: str  # What every results file records about how the task's splits were made.
+    row_features: sources.Features  # The raw fields of one row, as serving receives it.
 
 
-def add_task(raw: sources.RawData, family: str, format_fn: Format) -> seqio.Task:
-    """Registers `sharpt_<raw.name>`: its source, `format_fn`, tokenisation, postprocessor and metrics."""
-    task_eval = TASK_EVAL[raw.name]
-    _FAMILIES[raw.name] = family
+_FAMILIES: dict[str, str] = {}  # The paper's tasks (names()), by short name.
+_SCORING: dict[str, Scoring] = {}  # Every registered task, by seqio name.
+
+
+def seqio_name(task: str) -> str:
+    """ "rte" or "sharpt_rte" -> "sharpt_rte"."""
+    return PREFIX + task.removeprefix(PREFIX)
+
+
+def register(
+    name: str,
+    source: seqio.DataSource,
+    preprocessors: list,
+    task_eval: TaskEval,
+    split_protocol: str,
+    row_features: sources.Features,
+) -> seqio.Task:
+    """Registers the seqio task `sharpt_<name>`: `source`, `preprocessors` (raw rows -> tokenised features), EOS
+    after trimming, and `task_eval`'s postprocessor and metrics; records how it is scored and served."""
+    _SCORING[seqio_name(name)] = Scoring(task_eval, split_protocol, row_features)
     return seqio.TaskRegistry.add(
-        PREFIX + raw.name,
-        source=sources.ProtocolSource(raw, lambda: SETTINGS.data_dir),
-        preprocessors=[format_fn, features.tokenize, seqio.preprocessors.append_eos_after_trim],
+        seqio_name(name),
+        source=source,
+        preprocessors=[*preprocessors, seqio.preprocessors.append_eos_after_trim],
         output_features=OUTPUT_FEATURES,
         postprocess_fn=task_eval.postprocess_fn,
         metric_fns=list(task_eval.metric_fns),
     )
+
+
+def add_task(raw: sources.RawData, family: str, format_fn: Format) -> seqio.Task:
+    """Registers one of the paper's tasks, `sharpt_<raw.name>`: its protocol source, `format_fn` and tokenisation,
+    scored by `tasks.metrics.TASK_EVAL[raw.name]`."""
+    _FAMILIES[raw.name] = family
+    source = sources.ProtocolSource(raw, lambda: SETTINGS.data_dir)
+    preprocessors = [format_fn, features.tokenize]
+    return register(raw.name, source, preprocessors, TASK_EVAL[raw.name], sources.SPLIT_PROTOCOL, raw.features)
+
+
+def _scoring(task: str) -> Scoring:
+    if seqio_name(task) not in _SCORING:
+        raise KeyError(f"unknown task {task!r}; tasks are {', '.join(names())}")
+    return _SCORING[seqio_name(task)]
+
+
+def task_eval(task: str) -> TaskEval:
+    """The TaskEval of a registered task ("rte", "sharpt_rte", "skills_swap_n16")."""
+    return _scoring(task).task_eval
+
+
+def split_protocol(task: str) -> str:
+    """How the splits of a registered task were made (recorded with every score)."""
+    return _scoring(task).split_protocol
+
+
+def row_features(task: str) -> sources.Features:
+    """The raw fields of a row of a registered task (what `sharpt_jax.serving.predict` reads); KeyError for an
+    unknown task."""
+    return _scoring(task).row_features
+
+
+def targets_vocabulary(task: str) -> seqio.Vocabulary:
+    """The vocabulary of a registered task's "targets" feature (decodes its predictions)."""
+    return seqio.get_mixture_or_task(seqio_name(task)).output_features["targets"].vocabulary
 
 
 def raw_data(name: str) -> sources.RawData:

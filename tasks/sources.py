@@ -40,7 +40,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 SEED = 42
-# What every results file records as the split protocol (sharpt_jax.evaluate.scoring_protocol).
+# What every results file records as the split protocol (sharpt_jax.scoring.scoring_protocol).
 SPLIT_PROTOCOL = (
     f"ATTEMPT/DePT/Compacter (seed {SEED}): under 10K train rows, the official validation split halved into "
     "validation and test; otherwise 1K train rows as validation and the official validation split as test"
@@ -210,7 +210,7 @@ def rows_dataset(rows_fn: Callable[[], Sequence[Mapping]], features: Features) -
 
     `rows_fn()` gives the rows each time the dataset is read, so one dataset (traced once) serves many batches
     of rows. They come marked as held-out rows (`is_train` false), as the protocol's splits other than train
-    give them, and rows of hidden labels are kept (sharpt_jax.predict answers every row).
+    give them, and rows of hidden labels are kept (sharpt_jax.serving.predict answers every row).
     """
     ds = _chunks_dataset(lambda: iter([_columns(list(rows_fn()), features)]), features)
     return ds.map(lambda ex: {**ex, "is_train": tf.constant(False)})

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from bench import flops, run, shapes
-from sharpt_jax import optim
+from sharpt_jax import optim, train
 
 T5 = shapes.t5_v1_1(32, 64, 2, 2, vocab_size=100)
 ENCODER = shapes.bert(16, 1, 2, vocab_size=50)
@@ -32,9 +32,9 @@ def test_analytic_flops_equal_traced_matmuls(method, stage, cached, scan_layers)
     point = dataclasses.replace(point, cached_embeddings=cached, scan_layers=scan_layers)
     graphdef, trainable, frozen = optim.split_model(shapes.build(T5, ENCODER, point), method, stage)
     optimizer = optim.make_optimizer("adam", 0.3, 0)
-    step = optim.make_train_step(graphdef, optimizer, optim.learning_rate_schedule(0.3, 0))
+    step = train.make_train_step(graphdef, optimizer, optim.learning_rate_schedule(0.3, 0))
     batch = jax.tree_util.tree_map(jnp.asarray, run.make_batch(point, T5.vocab_size, ENCODER))
-    jaxpr = jax.make_jaxpr(step)(optim.init_train_state(trainable, optimizer), frozen, batch, jax.random.key(0))
+    jaxpr = jax.make_jaxpr(step)(train.init_train_state(trainable, optimizer), frozen, batch, jax.random.key(0))
     assert flops.jaxpr_matmul_flops(jaxpr) == flops.train_step_flops(T5, ENCODER, point)["total"]
 
 

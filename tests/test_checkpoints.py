@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from sharpt_jax import checkpoints, optim, sharding
+from sharpt_jax import checkpoints, optim, sharding, train
 from sharpt_jax.models import layers
 from sharpt_jax.models.sharpt import Codebook
 
@@ -41,7 +41,7 @@ def state():
     """The train state after two Adam steps (non-zero moments, count 2)."""
     trainable = nnx.state(Toy(nnx.Rngs(0)), nnx.Param)
     tx = optim.make_optimizer("adam", 0.1, warmup_steps=0)
-    state = optim.init_train_state(trainable, tx)
+    state = train.init_train_state(trainable, tx)
     for key in jax.random.split(jax.random.key(0), 2):
         grads = jax.tree.map(lambda x, k=key: jax.random.normal(k, x.shape), state["trainable"])
         updates, opt = tx.update(grads, state["opt"], state["trainable"])

@@ -13,7 +13,7 @@ from sklearn.cluster import KMeans
 from test_train import assert_same_run
 from tiny_run import make_assets, tiny_config
 
-from sharpt_jax import build, checkpoints, codebook, data, optim, train
+from sharpt_jax import build, checkpoints, codebook_health, data, optim, train
 from sharpt_jax.models.sharpt import Codebook
 
 
@@ -21,7 +21,7 @@ def test_kmeans_finds_separated_clusters_as_well_as_scikit_learn():
     rng = np.random.default_rng(0)
     centres = 10.0 * rng.normal(size=(6, 5))
     points = np.concatenate([c + rng.normal(size=(50, 5)) for c in centres])
-    ours = codebook.kmeans(points, 6, seed=3)
+    ours = codebook_health.kmeans(points, 6, seed=3)
     # Each true centre has one centroid within the noise of its 50 points' mean.
     nearest = np.linalg.norm(ours[:, None] - centres[None], axis=-1).min(axis=0)
     assert np.all(nearest < 0.5)
@@ -31,9 +31,9 @@ def test_kmeans_finds_separated_clusters_as_well_as_scikit_learn():
 
     reference = KMeans(6, n_init=10, random_state=0).fit(points).cluster_centers_
     assert inertia(ours) <= inertia(reference) * (1 + 1e-9)
-    np.testing.assert_array_equal(codebook.kmeans(points, 6, seed=3), ours)  # Deterministic under its seed.
+    np.testing.assert_array_equal(codebook_health.kmeans(points, 6, seed=3), ours)  # Deterministic under its seed.
     with pytest.raises(ValueError, match="at least 6 points"):
-        codebook.kmeans(points[:5], 6, seed=0)
+        codebook_health.kmeans(points[:5], 6, seed=0)
 
 
 class Toy(nnx.Module):
@@ -46,7 +46,7 @@ def test_restart_reseats_dead_skills_on_the_farthest_instances():
     trainable = nnx.state(Toy(), nnx.Param)
     before = np.asarray(trainable["codebook"]["embeddings"][...])
     e0 = np.arange(12.0).reshape(4, 3)
-    restarted = jax.jit(codebook.restart_dead_skills)(
+    restarted = jax.jit(codebook_health.restart_dead_skills)(
         trainable, jnp.array([3, 0, 1, 0]), e0, jnp.array([0.1, 5.0, 2.0, 7.0])
     )
     after = np.asarray(restarted["codebook"]["embeddings"][...])
@@ -54,7 +54,7 @@ def test_restart_reseats_dead_skills_on_the_farthest_instances():
     np.testing.assert_array_equal(after[1], e0[3])
     np.testing.assert_array_equal(after[3], e0[1])
     # More dead skills than instances: the first B get one each, the rest wait.
-    two = jax.jit(codebook.restart_dead_skills)(trainable, jnp.zeros(4, int), e0[:2], jnp.array([1.0, 2.0]))
+    two = jax.jit(codebook_health.restart_dead_skills)(trainable, jnp.zeros(4, int), e0[:2], jnp.array([1.0, 2.0]))
     after = np.asarray(two["codebook"]["embeddings"][...])
     np.testing.assert_array_equal(after[:2], e0[[1, 0]])
     np.testing.assert_array_equal(after[2:], before[2:])
@@ -81,14 +81,14 @@ def test_kmeans_start_is_the_kmeans_of_the_first_batches(assets, tmp_path):
     graphdef, trainable, frozen = optim.split_model(model, "sharpt", "source")
     batches = data.train_batches(train_task, config.sequence_length.to_dict(), config.batch_size, mesh, config.seed)
     embeddings = []
-    while sum(map(len, embeddings)) < codebook.KMEANS_EXAMPLES_PER_SKILL * config.num_skills:
+    while sum(map(len, embeddings)) < codebook_health.KMEANS_EXAMPLES_PER_SKILL * config.num_skills:
         batch = next(batches)
         merged = nnx.merge(graphdef, trainable, frozen)
         embeddings.append(
             np.asarray(merged.instance_encoder(batch["instance_input_tokens"], batch["instance_input_mask"]))
         )
-    expected = codebook.kmeans(
-        np.concatenate(embeddings)[: codebook.KMEANS_EXAMPLES_PER_SKILL * config.num_skills],
+    expected = codebook_health.kmeans(
+        np.concatenate(embeddings)[: codebook_health.KMEANS_EXAMPLES_PER_SKILL * config.num_skills],
         config.num_skills,
         config.seed,
     )

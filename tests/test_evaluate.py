@@ -21,7 +21,7 @@ from flax import nnx
 from test_t5 import D_MODEL
 
 import tasks
-from sharpt_jax import data, evaluate, hf, sharding
+from sharpt_jax import data, hf, scoring, sharding
 from sharpt_jax.models.sharpt import SharPT
 from tasks import samples
 from tasks.metrics import TASK_EVAL
@@ -95,8 +95,8 @@ def padded(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(ids), torch.tensor(ids != 0, dtype=torch.long)
 
 
-def score(model, task, split="validation", batch_size=BATCH, mesh=None, scoring="rank_classification"):
-    return evaluate.score_split(
+def score(model, task, split="validation", batch_size=BATCH, mesh=None, protocol="rank_classification"):
+    return scoring.score_split(
         model,
         task,
         split,
@@ -104,7 +104,7 @@ def score(model, task, split="validation", batch_size=BATCH, mesh=None, scoring=
         batch_size=batch_size,
         max_decode_len=MAX_DECODE_LEN,
         mesh=mesh,
-        scoring=scoring,
+        scoring=protocol,
     )
 
 
@@ -119,14 +119,14 @@ def test_label_candidates_are_the_training_targets(sp):
     vocabulary = seqio.get_mixture_or_task("sharpt_rte").output_features["targets"].vocabulary
     label_names = TASK_EVAL["rte"].label_names
     assert len(sp.encode("not_entailment")) + 1 > LENGTHS["targets"]  # The premise: one label is cut.
-    tokens, weights = evaluate.label_candidates(vocabulary, label_names, LENGTHS["targets"])
+    tokens, weights = scoring.label_candidates(vocabulary, label_names, LENGTHS["targets"])
     exs = examples("sharpt_rte", "validation")
     assert {int(ex["label"]) for ex in exs} == {0, 1}
     for ex in exs:
         candidate = tokens[ex["label"]][weights[ex["label"]].astype(bool)]
         np.testing.assert_array_equal(candidate, ex["targets"])
     with pytest.raises(ValueError, match="not distinct"):
-        evaluate.label_candidates(vocabulary, label_names, 1)
+        scoring.label_candidates(vocabulary, label_names, 1)
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +152,11 @@ def test_rank_classification_matches_hf(sp, mesh, hf_t5, prompt_tuning_model):
     model = prompt_tuning_model
     label_names = TASK_EVAL["race"].label_names
     vocabulary = seqio.get_mixture_or_task("sharpt_race").output_features["targets"].vocabulary
-    tokens, weights = evaluate.label_candidates(vocabulary, label_names, LENGTHS["targets"])
+    tokens, weights = scoring.label_candidates(vocabulary, label_names, LENGTHS["targets"])
     graphdef, state = nnx.split(model)
     ours, exs = [], []
     for batch, num_real, batch_examples in data.eval_batches("sharpt_race", "validation", LENGTHS, 16, mesh):
-        scores, skills = evaluate.label_log_likelihoods(graphdef, state, batch, tokens, weights)
+        scores, skills = scoring.label_log_likelihoods(graphdef, state, batch, tokens, weights)
         assert skills is None
         ours.append(np.asarray(scores)[:num_real])
         exs.extend(batch_examples)
@@ -190,7 +190,7 @@ def test_decoding_is_the_default_and_invalid_strings_are_wrong(sp, mesh, hf_t5, 
     that is none of the labels ("A".."D") becomes -1 and counts as wrong."""
     ref, _ = hf_t5
     model = prompt_tuning_model
-    result = evaluate.score_split(
+    result = scoring.score_split(
         model,
         "sharpt_race",
         "validation",
@@ -259,7 +259,7 @@ def sharpt_scores(sharpt_model, mesh):
     """score(task, batch_size) of the fixture's model on validation, each computed once for all tests."""
 
     @functools.cache
-    def scores(task: str, batch_size: int = BATCH) -> evaluate.SplitScore:
+    def scores(task: str, batch_size: int = BATCH) -> scoring.SplitScore:
         return score(sharpt_model[0], task, batch_size=batch_size, mesh=mesh)
 
     return scores
@@ -319,8 +319,8 @@ def test_next_checkpoint_and_split_reuse_compiled_code(sharpt_model, sharpt_scor
     later.generator.w1.kernel[...] = later.generator.w1.kernel[...] * 3.0
     later.generator.positions[...] = later.generator.positions[...] + 1.0
     for task, jitted in (
-        ("sharpt_boolq", evaluate.label_log_likelihoods),
-        ("sharpt_squad", evaluate.greedy_tokens),
+        ("sharpt_boolq", scoring.label_log_likelihoods),
+        ("sharpt_squad", scoring.greedy_tokens),
     ):
         sharpt_scores(task)  # Compiles, unless an earlier test did.
         compiled = jitted._cache_size()

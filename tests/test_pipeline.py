@@ -7,7 +7,8 @@ import pytest
 import seqio
 from tiny_run import make_assets, tiny_config
 
-from sharpt_jax import build, checkpoints, demo, evaluate
+from sharpt_jax import build, checkpoints, evaluate, scoring
+from sharpt_jax.experiments import demo
 from tasks import sources
 
 
@@ -97,8 +98,8 @@ def test_table_and_heatmap(pipeline):
 def test_eval_mode_twice_scores_nothing_twice(pipeline, monkeypatch):
     config, workdir, _ = pipeline
     calls = []
-    real = evaluate.score_split
-    monkeypatch.setattr(evaluate, "score_split", lambda *a, **k: calls.append((a[1], a[2])) or real(*a, **k))
+    real = scoring.score_split
+    monkeypatch.setattr(scoring, "score_split", lambda *a, **k: calls.append((a[1], a[2])) or real(*a, **k))
     stage = demo.stage_config(config, "target", "cb", 8, workdir / "source")
     before = (workdir / "cb" / "eval" / "results.json").read_text()
     best = evaluate.evaluate_checkpoints(stage, workdir / "cb")

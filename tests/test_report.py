@@ -15,7 +15,8 @@ import pytest
 from tiny_run import make_assets, tiny_config
 
 from scripts import reproduce
-from sharpt_jax import demo, report
+from sharpt_jax.experiments import demo
+from sharpt_jax.experiments import paper_report as report
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"

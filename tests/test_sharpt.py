@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from sharpt_jax import optim
+from sharpt_jax import optim, train
 from sharpt_jax.models import sharpt
 from sharpt_jax.models.encoder import BertConfig, InstanceEncoder
 from sharpt_jax.models.t5 import T5, T5Config
@@ -203,8 +203,8 @@ def test_micro_batches_give_the_full_batch_update(method, stage):
     assert len(set(batch["decoder_loss_weights"].sum(1).tolist())) > 1  # The premise: uneven token counts.
     results = []
     for micro_batches in (1, 2, 4):
-        step = jax.jit(optim.make_train_step(graphdef, tx, optim.learning_rate_schedule(1e-2, 0), 0, 0, micro_batches))
-        state, metrics = step(optim.init_train_state(trainable, tx), frozen, batch, jax.random.key(0, impl="rbg"))
+        step = jax.jit(train.make_train_step(graphdef, tx, optim.learning_rate_schedule(1e-2, 0), 0, 0, micro_batches))
+        state, metrics = step(train.init_train_state(trainable, tx), frozen, batch, jax.random.key(0, impl="rbg"))
         results.append((state["trainable"], metrics))
     (ref_state, ref_metrics), *others = results
     for state, metrics in others:
@@ -292,8 +292,8 @@ def test_loss_is_eq5_while_the_codebook_trains_and_the_lm_loss_once_frozen(stage
     objective and the logged loss are the LM loss (Eq. 3), while the codebook distance is still reported."""
     graphdef, trainable, frozen = optim.split_model(make_model("sharpt", beta=0.5), "sharpt", stage)
     tx = optim.make_optimizer("adam", 1e-2, warmup_steps=0)
-    step = jax.jit(optim.make_train_step(graphdef, tx, optim.learning_rate_schedule(1e-2, 0)))
-    _, metrics = step(optim.init_train_state(trainable, tx), frozen, make_batch(), jax.random.key(0, impl="rbg"))
+    step = jax.jit(train.make_train_step(graphdef, tx, optim.learning_rate_schedule(1e-2, 0)))
+    _, metrics = step(train.init_train_state(trainable, tx), frozen, make_batch(), jax.random.key(0, impl="rbg"))
     assert float(metrics["codebook_loss"]) > 0
     expected = metrics["lm_loss"] + metrics["codebook_loss"] if stage == "source" else metrics["lm_loss"]
     assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-6)
@@ -316,8 +316,8 @@ def test_train_steps_move_every_trainable_leaf_and_no_frozen_leaf(method, stage,
     frozen_before = jax.tree_util.tree_map(np.array, frozen)
     trainable_before = jax.tree_util.tree_map(np.array, trainable)
     tx = optim.make_optimizer("adam", 1e-2, warmup_steps=2)
-    step = jax.jit(optim.make_train_step(graphdef, tx, optim.learning_rate_schedule(1e-2, 2)), donate_argnums=(0,))
-    state = optim.init_train_state(trainable, tx)
+    step = jax.jit(train.make_train_step(graphdef, tx, optim.learning_rate_schedule(1e-2, 2)), donate_argnums=(0,))
+    state = train.init_train_state(trainable, tx)
     losses = []
     for i in range(4):
         state, metrics = step(state, frozen, make_batch(seed=i % 2), jax.random.key(0, impl="rbg"))
@@ -338,8 +338,8 @@ def test_train_steps_move_every_trainable_leaf_and_no_frozen_leaf(method, stage,
 def test_unknown_method_or_stage_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown method"):
         make_model("lora")
-    with pytest.raises(ValueError, match="no trainable-parameter rule"):
-        optim.trainable_filter("sharpt", "pretrain")
+    with pytest.raises(ValueError, match="unknown stage 'pretrain'"):
+        optim.trainable_rule("sharpt", "pretrain")
 
 
 def test_warmup_then_constant_learning_rate():

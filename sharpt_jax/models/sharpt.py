@@ -11,22 +11,21 @@ Forward pass (Pang et al., Eq. 1-5), for a batch of B instances:
 
 One `SharPT` module serves every method of the paper's tables, chosen by `method`:
   sharpt         the full method above
+  no_source      ablation "no source task training": the same model, its codebook and generator learned on the
+                 target alone (Eq. 5)
   no_latent      ablation "no latent space": the generator reads e0 directly (no codebook)
   prompt_tuning  baseline: one learned prompt [L, d] shared by all instances (Lester et al.)
   model_tuning   baseline: no prompt, the T5 itself is trained
-The ablation "no source task training" is `sharpt` trained in the source stage on the target task alone.
-Which parameters train is not decided here: `sharpt_jax.optim.TRAINABLE` maps (method, stage) to a rule.
+Which parameters train, transfer and export is not decided here: `sharpt_jax.models.methods` holds those rules.
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sharpt_jax.models import layers
+from sharpt_jax.models import layers, methods
 from sharpt_jax.models.encoder import InstanceEncoder
 from sharpt_jax.models.t5 import T5
-
-METHODS = ("sharpt", "no_latent", "prompt_tuning", "model_tuning")
 
 
 class Codebook(nnx.Module):
@@ -99,22 +98,20 @@ class SharPT(nnx.Module):
         beta: float,
         rngs: nnx.Rngs,
     ):
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        uses_encoder = method in ("sharpt", "no_latent")
-        if uses_encoder and instance_encoder is None:
+        spec = methods.get(method)
+        if spec.uses_encoder and instance_encoder is None:
             raise ValueError(f"method {method!r} needs an instance encoder")
         self.method, self.beta = method, beta
         self.t5 = t5
-        self.instance_encoder = instance_encoder if uses_encoder else None
+        self.instance_encoder = instance_encoder if spec.uses_encoder else None
         d_model = t5.config.d_model
-        self.codebook = Codebook(num_skills, instance_encoder.features, rngs=rngs) if method == "sharpt" else None
+        self.codebook = Codebook(num_skills, instance_encoder.features, rngs=rngs) if spec.has_codebook else None
         self.generator = (
-            PromptGenerator(instance_encoder.features, d_model, prompt_length, rngs=rngs) if uses_encoder else None
+            PromptGenerator(instance_encoder.features, d_model, prompt_length, rngs=rngs) if spec.uses_encoder else None
         )
         self.prompt = (
             layers.param(rngs, _sampled_vocab_init(t5), (prompt_length, d_model), ("prompt", "prompt"))
-            if method == "prompt_tuning"
+            if spec.prompt == "task"
             else None
         )
 
@@ -123,32 +120,35 @@ class SharPT(nnx.Module):
 
         Returns:
           prompt: [B, L, d] (None for model tuning).
-          aux: for `sharpt`: `skill` [B] int32, `codebook_distance` [B] = ||sg(e0) - E_k||_2 and `e0` [B, m].
+          aux: with a codebook: `skill` [B] int32, `codebook_distance` [B] = ||sg(e0) - E_k||_2 and `e0` [B, m].
         """
         batch_size = batch["encoder_input_tokens"].shape[0]
-        if self.method == "model_tuning":
+        if self.prompt is not None:
+            return jnp.broadcast_to(self.prompt[...], (batch_size, *self.prompt.shape)), {}
+        if self.generator is None:
             return None, {}
-        if self.method == "prompt_tuning":
-            prompt = jnp.broadcast_to(self.prompt[...], (batch_size, *self.prompt.shape))
-            return prompt, {}
-        # The encoder is frozen in every stage: no gradient flows into it (and none is needed for Eq. 4's sg()).
-        # A training batch may carry e0 itself, computed once per example (sharpt_jax.embedding_cache).
+        e0 = self.instance_embedding(batch)
+        if self.codebook is None:
+            return self.generator(e0), {}
+        e1, skill = self.codebook(e0)
+        return self.generator(e1), {"skill": skill, "codebook_distance": _safe_norm(e0 - e1), "e0": e0}
+
+    def instance_embedding(self, batch: dict[str, jax.Array]) -> jax.Array:
+        """e0 [B, m] of every instance: the batch's cached `instance_embedding` (sharpt_jax.embedding_cache) or the
+        frozen encoder's output. The encoder is frozen in every stage: no gradient flows into it (and none is
+        needed for Eq. 4's sg())."""
         if "instance_embedding" in batch:
             e0 = batch["instance_embedding"]
         else:
             e0 = self.instance_encoder(batch["instance_input_tokens"], batch["instance_input_mask"])
-        e0 = jax.lax.stop_gradient(e0)
-        if self.method == "no_latent":
-            return self.generator(e0), {}
-        e1, skill = self.codebook(e0)
-        return self.generator(e1), {"skill": skill, "codebook_distance": _safe_norm(e0 - e1), "e0": e0}
+        return jax.lax.stop_gradient(e0)
 
     def __call__(self, batch: dict[str, jax.Array], rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
         """Losses of one batch (dropout on when `rngs` is given).
 
         Returns a dict with `lm_loss` (token-mean cross-entropy over decoder_loss_weights), `codebook_loss`
         (beta * mean ||sg(e0) - E_k||; 0 without a codebook; the trainer adds it while the codebook trains), `logits`
-        [B, S, vocab] float32 and, for `sharpt`, `skill` [B], `skill_counts` [K] (how many instances chose
+        [B, S, vocab] float32 and, with a codebook, `skill` [B], `skill_counts` [K] (how many instances chose
         each skill), `codebook_distance` [B] and `e0` [B, m] (what dead-skill restarts read).
         """
         prompt, aux = self.prompts(batch)

@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sharpt_jax import hf
 from sharpt_jax.models import layers
 
 # (keys, values) of one attention layer: each [B, T, heads, d_kv].
@@ -73,14 +72,12 @@ class T5Config:
 
     @classmethod
     def from_hf(cls, config: dict) -> "T5Config":
-        """The config of a Hugging Face `config.json` dict; `hf.CheckpointError` if we cannot run it."""
+        """The config of a Hugging Face `config.json` dict; ValueError naming what we cannot run."""
         if config.get("model_type") != "t5":
-            raise hf.CheckpointError(f"model_type {config.get('model_type')!r} is not supported (only 't5')")
+            raise ValueError(f"model_type {config.get('model_type')!r} is not supported (only 't5')")
         feed_forward_proj = config.get("feed_forward_proj", "relu")
         if feed_forward_proj not in _FEED_FORWARD_PROJ:
-            raise hf.CheckpointError(
-                f"feed_forward_proj {feed_forward_proj!r} is not supported (only {_FEED_FORWARD_PROJ})"
-            )
+            raise ValueError(f"feed_forward_proj {feed_forward_proj!r} is not supported (only {_FEED_FORWARD_PROJ})")
         tied = config.get("tie_word_embeddings", True) is not False
         try:
             return cls(
@@ -104,7 +101,7 @@ class T5Config:
                 decoder_start_token_id=config.get("decoder_start_token_id", 0),
             )
         except KeyError as err:
-            raise hf.CheckpointError(f"config lacks the field {err}") from err
+            raise ValueError(f"config lacks the field {err}") from err
 
 
 def relative_position_bucket(

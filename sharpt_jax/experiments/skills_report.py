@@ -1,4 +1,4 @@
-"""Tables and figures of the skills-world experiment (sharpt_jax/skills.py).
+"""Tables and figures of the skills-world experiment (sharpt_jax/experiments/skills_experiment.py).
 
 `write(results, workdir)` writes, from the experiment's records:
   results.json         the records, a summary per (method, target, size) and the codebook measures
@@ -10,27 +10,30 @@
                        skill choices (seed 0)
 """
 
-import json
 import math
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")  # Files only; no display.
-import matplotlib.pyplot as plt  # noqa: E402
+from sharpt_jax import storage
+from sharpt_jax.experiments import plots
+from sharpt_jax.models import methods
+from tasks import skills_world
 
 NAN = float("nan")
-METHOD_NAMES = {
-    "sharpt": "SharPT",
+# The experiment's variants of the paper's methods (the others are named by the method table).
+VARIANT_TITLES = {
     "sharpt_restarts": "SharPT, restarts",
     "sharpt_kmeans": "SharPT, k-means start",
     "sharpt_kmeans_restarts": "SharPT, k-means start + restarts",
-    "prompt_tuning": "PromptTuning",
-    "no_latent": "no latent space",
-    "no_source": "no source training",
-    "model_tuning": "ModelTuning",
 }
+
+
+def title(method: str) -> str:
+    """How tables and figures name a method or variant of the experiment."""
+    if method in VARIANT_TITLES:
+        return VARIANT_TITLES[method]
+    return methods.METHODS[method].title if method in methods.METHODS else method
 
 
 def write(results: dict, workdir: Path) -> None:
@@ -39,10 +42,8 @@ def write(results: dict, workdir: Path) -> None:
         method: {seed: codebook_measures(c) for seed, c in by_seed.items()}
         for method, by_seed in results["codebook"].items()
     }
-    tmp = workdir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(workdir / "results.json")
-    (workdir / "results.md").write_text(markdown(results))
+    storage.write_json(workdir / "results.json", results)
+    storage.write_text(workdir / "results.md", markdown(results))
     plot_scores(results, workdir / "score_vs_size.png")
     for method, by_seed in results["codebook"].items():  # The first seed's source run of each codebook variant.
         suffix = "" if method == "sharpt" else f"_{method}"
@@ -106,12 +107,10 @@ def contingency_measures(counts: np.ndarray) -> dict:
 def codebook_measures(codebook: dict) -> dict:
     """Measures of one source run's codebook: on the 8 source tasks (one true skill each) and per target."""
     tasks = codebook["tasks"]
-    from tasks import skills  # Imported here: the report stays importable without TensorFlow until needed.
-
-    source_rows = np.concatenate([np.asarray(tasks[t.name]["counts"]) for t in skills.SOURCES])
+    source_rows = np.concatenate([np.asarray(tasks[t.name]["counts"]) for t in skills_world.SOURCES])
     out = {"sources": contingency_measures(source_rows)}
-    by_skill = {t.skills[0]: np.asarray(tasks[t.name]["counts"]).sum(0) for t in skills.SOURCES}
-    for target in skills.TARGETS:
+    by_skill = {t.skills[0]: np.asarray(tasks[t.name]["counts"]).sum(0) for t in skills_world.SOURCES}
+    for target in skills_world.TARGETS:
         counts = np.asarray(tasks[target.name]["counts"])
         entry = {"choices": counts.sum(0).tolist(), **contingency_measures(counts)}
         # Share of the target's instances that pick the skill vector its true skill's source task uses most.
@@ -119,15 +118,6 @@ def codebook_measures(codebook: dict) -> dict:
             entry["source_skill_share"] = float(counts.sum(0)[by_skill[target.skills[0]].argmax()] / counts.sum())
         out[target.name] = entry
     return out
-
-
-def task_similarity(codebook: dict) -> tuple[list[str], np.ndarray]:
-    """Task names and the cosine similarity [T, T] of their average one-hot skill choices (paper, Figure 3)."""
-    names = list(codebook["tasks"])
-    usage = np.stack([np.asarray(codebook["tasks"][n]["counts"], np.float64).sum(0) for n in names])
-    usage /= usage.sum(1, keepdims=True)
-    unit = usage / np.linalg.norm(usage, axis=1, keepdims=True)
-    return names, unit @ unit.T
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +144,7 @@ def markdown(results: dict) -> str:
             for n in sizes:
                 s = cell.get((method, t, n))
                 row.append("" if s is None else f"{s['test_mean']:.1f} +- {s['test_std']:.1f}")
-        lines.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(row) + " |")
+        lines.append(f"| {title(method)} | " + " | ".join(row) + " |")
     ceiling = results["ceiling"]["with_instruction"]
     lines.append(
         "| backbone + instruction (ceiling) | "
@@ -177,7 +167,7 @@ def markdown(results: dict) -> str:
             for t in targets
             for n in sizes
         ]
-        lines.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(rates) + " |")
+        lines.append(f"| {title(method)} | " + " | ".join(rates) + " |")
     measures = results.get("codebook_measures", {})
     if measures:
         lines += [
@@ -198,7 +188,7 @@ def markdown(results: dict) -> str:
                 s = m["sources"]
                 cells = [s["purity"], s["nmi"], s["skill_perplexity"], s["dead_skills"], m["sort_or_reverse"]["nmi"]]
                 cells += [m[t].get("source_skill_share", NAN) for t in ("reverse_shift", "sort_shift")]
-                lines.append(_row(f"{METHOD_NAMES.get(method, method)} | {seed}", cells))
+                lines.append(_row(f"{title(method)} | {seed}", cells))
     geometry = {
         (method, seed): c["geometry"]
         for method, by_seed in results["codebook"].items()
@@ -219,7 +209,7 @@ def markdown(results: dict) -> str:
         for (method, seed), g in sorted(geometry.items(), key=lambda kv: (kv[0][0], int(kv[0][1]))):
             names = ("embedding_norm", "embedding_distance_to_centroid", "distance_to_chosen_skill")
             names += ("distance_to_nearest_unused_skill", "used_skill_norm", "unused_skill_norm")
-            lines.append(_row(f"{METHOD_NAMES.get(method, method)} | {seed}", [g.get(name, NAN) for name in names]))
+            lines.append(_row(f"{title(method)} | {seed}", [g.get(name, NAN) for name in names]))
     return "\n".join(lines) + "\n"
 
 
@@ -237,31 +227,14 @@ def header_targets(targets: list[str], sizes: list[int]) -> list[str]:
 
 
 def plot_scores(results: dict, out: Path) -> None:
+    """Test exact match against training-set size per method, one panel per target (error bars: std)."""
     summary = results["summary"]
-    targets = list(dict.fromkeys(s["target"] for s in summary))
-    fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.6), sharey=True, squeeze=False)
-    for ax, target in zip(axes[0], targets, strict=True):
-        for method in dict.fromkeys(s["method"] for s in summary):
-            rows = sorted(
-                (s for s in summary if s["method"] == method and s["target"] == target), key=lambda s: s["num_train"]
-            )
-            ax.errorbar(
-                [s["num_train"] for s in rows],
-                [s["test_mean"] for s in rows],
-                yerr=[s["test_std"] for s in rows],
-                marker="o",
-                capsize=3,
-                label=METHOD_NAMES.get(method, method),
-            )
-        ax.axhline(results["ceiling"]["with_instruction"][target], color="gray", ls="--", lw=1, label="ceiling")
-        ax.set_xscale("log", base=2)
-        ax.set_title(target)
-        ax.set_xlabel("training examples")
-    axes[0][0].set_ylabel("test exact match (%)")
-    axes[0][-1].legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    panels = {}
+    for s in sorted(summary, key=lambda s: s["num_train"]):
+        curve = panels.setdefault(s["target"], {}).setdefault(title(s["method"]), [])
+        curve.append((s["num_train"], s["test_mean"], s["test_std"]))
+    ceiling = {target: results["ceiling"]["with_instruction"][target] for target in panels}
+    plots.curves(panels, out, xlabel="training examples", ylabel="test exact match (%)", log2_x=True, reference=ceiling)
 
 
 def plot_skill_usage(codebook: dict, out: Path) -> None:
@@ -271,34 +244,10 @@ def plot_skill_usage(codebook: dict, out: Path) -> None:
         for skill, counts in zip(entry["true_skills"], entry["counts"], strict=True):
             labels.append(f"{task} ({skill})" if task != skill else task)
             rows.append(counts)
-    skill_heatmap(labels, rows, "Skill choice of test instances by task (true skill)", out)
-
-
-def skill_heatmap(labels: list[str], counts: list, title: str, out: Path) -> None:
-    """Draws rows of skill counts [R, K] as the fraction of each row's instances choosing each skill vector."""
-    grid = np.asarray(counts, np.float64)
-    grid /= np.maximum(grid.sum(1, keepdims=True), 1.0)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.4 * grid.shape[1], 1.0 + 0.35 * len(labels)))
-    image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(grid.shape[1]))
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("skill vector (codebook index)")
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    plots.skill_heatmap(labels, rows, "Skill choice of test instances by task (true skill)", out)
 
 
 def plot_task_relations(codebook: dict, out: Path) -> None:
-    names, similarity = task_similarity(codebook)
-    # At least wide enough for the title.
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.5 + 0.5 * len(names)), max(3.0, 1.0 + 0.45 * len(names))))
-    image = ax.imshow(similarity, cmap="magma", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_title("Task relations: cosine similarity of skill choices")
-    fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    """Figure 3 of one source run's codebook choices ({"tasks": {task: {"counts": [[K] per true skill]}}})."""
+    usage = {task: np.asarray(entry["counts"]).sum(0) for task, entry in codebook["tasks"].items()}
+    plots.task_relations(usage, out)

@@ -6,7 +6,7 @@ skills are known, through the real trainer and evaluator.
 Layout of DIR (every run is an ordinary run folder: checkpoints/, metrics.jsonl, eval/results.json, best.json):
   <method>/source/seed<s>/                   source stage of sharpt and no_latent on `sharpt_skills_sources`
   <method>/<target>_n<N>/lr<rate>/seed<s>/   one target run; `record.json` there once it is scored
-  results.json, results.md, *.png            written by `sharpt_jax.skills_report` at the end
+  results.json, results.md, *.png            written by `sharpt_jax.experiments.skills_report` at the end
   xla_cache/                                 XLA's persistent compilation cache, shared by the runs
 
 Protocol: the same steps, batch and checkpoints for every method; for each (method, target, size) seed 0 runs
@@ -16,8 +16,6 @@ checkpoint. Nothing is chosen on test data. A killed experiment continues with t
 are read back from their record.json, an unfinished one resumes from its last checkpoint.
 """
 
-import functools
-import json
 import os
 import time
 from pathlib import Path
@@ -28,11 +26,12 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from sharpt_jax import build, checkpoints, data, evaluate, skills_report, train
-from tasks import skills
+from sharpt_jax import build, checkpoints, data, embedding_cache, evaluate, storage, train
+from sharpt_jax.experiments import skills_report
+from tasks import skills_world
 
 # Methods of the comparison -> (model method, stage, whether the target starts from a source run, config fields).
-# The SharPT rows pin their codebook settings (sharpt_jax.codebook), so that each row means the same whatever
+# The SharPT rows pin their codebook settings (sharpt_jax.codebook_health), so that each row means the same whatever
 # the defaults of configs/common.py: "sharpt" and "no_source" are the paper's method (random start, no restarts).
 PAPER_CODEBOOK = dict(codebook_init="random", codebook_restart_every=0)
 METHODS = {
@@ -106,7 +105,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     results = {
         "runs": runs,
         "codebook": codebooks,
-        "ceiling": json.loads((Path(config.t5) / "ceiling.json").read_text()),
+        "ceiling": storage.read_json(Path(config.t5) / "ceiling.json"),
         "protocol": (
             "test exact match of the best-validation checkpoint; learning rate per (method, target, size) "
             "chosen on seed 0's validation score; the world's fixed validation and test sets"
@@ -120,10 +119,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
 
 def run_config(config, method: str, stage: str, task: str, seed: int) -> ml_collections.ConfigDict:
     """The run config of one of `METHODS` (its model method and fields) in `stage` on `task`."""
-    out = config.copy_and_resolve_references()
-    out.mode, out.method, out.stage, out.task, out.seed = "train", METHODS[method][0], stage, task, seed
-    out.update(METHODS[method][3])
-    return out
+    return build.run_config(config, method=METHODS[method][0], stage=stage, task=task, seed=seed, **METHODS[method][3])
 
 
 def target_run(config, workdir: Path, sources: dict, method: str, target: str, size: int, rate: float, seed: int):
@@ -151,7 +147,7 @@ def train_and_score(cfg, run_dir: Path, workdir: Path) -> dict:
     relative to the experiment's workdir)."""
     done = run_dir / "record.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return storage.read_json(done)
     started = time.perf_counter()
     train.train(cfg, run_dir)
     best = evaluate.evaluate_checkpoints(cfg, run_dir)
@@ -165,7 +161,7 @@ def train_and_score(cfg, run_dir: Path, workdir: Path) -> dict:
         "seconds": time.perf_counter() - started,
     }
     if jax.process_index() == 0:
-        done.write_text(json.dumps(record, indent=2) + "\n")
+        storage.write_json(done, record)
     return record
 
 
@@ -180,15 +176,6 @@ def _mean_metric(metrics: dict, name: str) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames="graphdef")
-def _skill_choices(graphdef: nnx.GraphDef, state: nnx.State, batch: dict) -> tuple[jax.Array, jax.Array]:
-    """The codebook index each instance of the batch chooses, int32 [B], and its embedding e0, float32 [B, m]."""
-    model = nnx.merge(graphdef, state)
-    _, aux = model.prompts(batch)
-    e0 = model.instance_encoder(batch["instance_input_tokens"], batch["instance_input_mask"])
-    return aux["skill"], e0.astype(jax.numpy.float32)
-
-
 def codebook_usage(config, source_dir: Path) -> dict:
     """The source run's codebook choices on the test split of every skills task (sources and targets).
 
@@ -200,28 +187,27 @@ def codebook_usage(config, source_dir: Path) -> dict:
     """
     done = source_dir / "eval" / "codebook_usage.json"  # Written once: a continued experiment reads it back.
     if done.exists():
-        return json.loads(done.read_text())
-    files = build.resolve_files(config)
-    build.configure_tasks(config, files)
-    mesh = build.make_mesh(config)
+        return storage.read_json(done)
+    setup = build.prepare(config)
+    mesh = setup.mesh
     ckpts = checkpoints.Checkpoints(source_dir)
     try:
         step = ckpts.latest_step()
-        graphdef, trainable, frozen = evaluate.model_of_run(config, files, ckpts.metadata(step), mesh)
-        model = nnx.merge(graphdef, ckpts.restore_params(step, trainable), frozen)
+        model = build.RunModel(config, setup, ckpts).at(step)
     finally:
         ckpts.close()
-    state = nnx.state(model)
+    graphdef, state = nnx.split(model)
     out, source_embeddings = {}, []
-    for task in skills.TASKS:
+    for task in skills_world.TASKS:
         chosen, truth = [], []
         for batch, num_real, examples in data.eval_batches(
-            skills.task_name(task), "test", config.sequence_length.to_dict(), config.eval.batch_size, mesh
+            skills_world.task_name(task), "test", config.sequence_length.to_dict(), config.eval.batch_size, mesh
         ):
-            indices, e0 = multihost_utils.process_allgather(_skill_choices(graphdef, state, batch), tiled=True)
+            e0, indices = embedding_cache.instance_embeddings(graphdef, state, batch)
+            e0, indices = multihost_utils.process_allgather((e0, indices), tiled=True)
             chosen.extend(np.asarray(indices)[:num_real].tolist())
             truth.extend(ex["skill"].decode() for ex in examples)
-            if task in {t.name for t in skills.SOURCES}:
+            if task in {t.name for t in skills_world.SOURCES}:
                 source_embeddings.append(np.asarray(e0)[:num_real])
         true_skills = sorted(set(truth))
         counts = np.zeros((len(true_skills), config.num_skills), np.int64)
@@ -229,7 +215,7 @@ def codebook_usage(config, source_dir: Path) -> dict:
         out[task] = {"true_skills": true_skills, "counts": counts.tolist()}
     usage = {"step": step, "tasks": out, "geometry": _geometry(np.concatenate(source_embeddings), model)}
     if jax.process_index() == 0:
-        done.write_text(json.dumps(usage, indent=2) + "\n")
+        storage.write_json(done, usage)
     return usage
 
 

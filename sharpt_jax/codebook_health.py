@@ -23,6 +23,8 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from sharpt_jax import embedding_cache
+
 KMEANS_EXAMPLES_PER_SKILL = 64  # Instances clustered per skill vector for the k-means start.
 KMEANS_ITERATIONS = 30  # Lloyd iterations after the k-means++ seeding.
 
@@ -61,12 +63,6 @@ def kmeans(points: np.ndarray, num_clusters: int, seed: int, iterations: int = K
     return centroids
 
 
-@jax.jit
-def _encode(graphdef: nnx.GraphDef, trainable: nnx.State, frozen: nnx.State, batch: dict) -> jax.Array:
-    model = nnx.merge(graphdef, trainable, frozen)
-    return model.instance_encoder(batch["instance_input_tokens"], batch["instance_input_mask"])
-
-
 def kmeans_start(trainable: nnx.State, graphdef: nnx.GraphDef, frozen: nnx.State, batches, seed: int) -> nnx.State:
     """`trainable` with the skill vectors set to the k-means centroids of instance embeddings.
 
@@ -82,9 +78,10 @@ def kmeans_start(trainable: nnx.State, graphdef: nnx.GraphDef, frozen: nnx.State
     """
     table = trainable["codebook"]["embeddings"]
     num_skills = table.shape[0]
+    model_graph, model_state = nnx.split(nnx.merge(graphdef, trainable, frozen))
     embeddings, wanted = [], KMEANS_EXAMPLES_PER_SKILL * num_skills
     while sum(len(e) for e in embeddings) < wanted:
-        e0 = _encode(graphdef, trainable, frozen, next(batches))
+        e0, _ = embedding_cache.instance_embeddings(model_graph, model_state, next(batches))
         embeddings.append(np.asarray(multihost_utils.process_allgather(e0, tiled=True)))
     centroids = kmeans(np.concatenate(embeddings)[:wanted], num_skills, seed)
     value = jax.device_put(jnp.asarray(centroids, table.dtype), table[...].sharding)

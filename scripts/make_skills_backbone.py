@@ -1,6 +1,6 @@
-"""Pretrains the tiny frozen T5 backbone of the skills world (tasks/skills.py) and saves it as a Hugging Face folder.
+"""Pretrains the tiny frozen T5 backbone of the skills world (tasks/skills_world.py) as a Hugging Face folder.
 
-    python bench/skills_backbone.py --out tasks/skills_backbone [--steps 12000] [--seed 0]
+    python scripts/make_skills_backbone.py --out tasks/skills_backbone [--steps 12000] [--seed 0]
 
 1. Trains a SentencePiece *word* model on the world's words (one piece per word, "order:" included) and writes
    it as <out>/spiece.model.
@@ -33,7 +33,7 @@ import sentencepiece as spm  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from tasks import skills  # noqa: E402
+from tasks import skills_world  # noqa: E402
 
 BATCH_SIZE = 64
 PAD, EOS, UNK = 0, 1, 2
@@ -44,11 +44,11 @@ EVAL_SEED = 12345  # Pretraining-format evaluation examples come from a stream s
 
 def train_vocabulary(out: Path) -> spm.SentencePieceProcessor:
     """Trains the word-level SentencePiece model on a deterministic corpus; writes <out>/spiece.model."""
-    words = skills.vocabulary_words()
+    words = skills_world.vocabulary_words()
     rng = np.random.default_rng(0)
     lines = [" ".join(words)]  # Guarantees every word is seen, whatever the sampled examples hold.
     for _ in range(CORPUS_EXAMPLES):
-        example = skills.pretraining_example(rng)
+        example = skills_world.pretraining_example(rng)
         lines += [example["inputs"], example["targets"]]
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines),
@@ -108,7 +108,7 @@ def pad(rows: list[list[int]], value: int) -> torch.Tensor:
 
 def batch(sp: spm.SentencePieceProcessor, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """One training batch of pretraining examples: ids + EOS, labels padded with -100 (ignored by the loss)."""
-    examples = [skills.pretraining_example(rng) for _ in range(BATCH_SIZE)]
+    examples = [skills_world.pretraining_example(rng) for _ in range(BATCH_SIZE)]
     inputs = pad([sp.encode(e["inputs"]) + [EOS] for e in examples], PAD)
     return {
         "input_ids": inputs,
@@ -176,16 +176,16 @@ def exact_match(predictions: list[str], targets: list[str]) -> float:
 def evaluate(model, sp) -> dict[str, dict[str, float]]:
     """Ceiling (instruction word + task text), floor (task text alone) and per-skill pretraining exact match."""
     scores = {"with_instruction": {}, "without_instruction": {}, "pretraining_per_skill": {}}
-    for name, task in skills.TASKS.items():
+    for name, task in skills_world.TASKS.items():
         examples = task.examples("test")
         targets = [e["targets"] for e in examples]
-        prompted = [f"{skills.INSTRUCTION.format(e['skill'])} {e['inputs']}" for e in examples]
+        prompted = [f"{skills_world.INSTRUCTION.format(e['skill'])} {e['inputs']}" for e in examples]
         scores["with_instruction"][name] = exact_match(generate(model, sp, prompted), targets)
         scores["without_instruction"][name] = exact_match(generate(model, sp, [e["inputs"] for e in examples]), targets)
     rng = np.random.default_rng(EVAL_SEED)
-    by_skill = {skill: [] for skill in skills.SKILLS}
+    by_skill = {skill: [] for skill in skills_world.SKILLS}
     while min(len(v) for v in by_skill.values()) < EVAL_PER_SKILL:
-        example = skills.pretraining_example(rng)
+        example = skills_world.pretraining_example(rng)
         if len(by_skill[example["skill"]]) < EVAL_PER_SKILL:
             by_skill[example["skill"]].append(example)
     for skill, examples in by_skill.items():
@@ -234,7 +234,7 @@ def main() -> None:
     (args.out / "ceiling.json").write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"\n{'task':16s} {'with do_<skill>':>16s} {'without':>8s}")
-    for name in skills.TASKS:
+    for name in skills_world.TASKS:
         with_, without = scores["with_instruction"][name], scores["without_instruction"][name]
         print(f"{name:16s} {with_:16.1f} {without:8.1f}")
     print("\npretraining exact match per skill:")

@@ -8,7 +8,6 @@ be inspected with the same tools (metrics.jsonl, TensorBoard, eval/results.json,
 """
 
 import collections
-import json
 import os
 import shutil
 from pathlib import Path
@@ -16,7 +15,9 @@ from pathlib import Path
 import ml_collections
 import seqio
 
-from sharpt_jax import build, evaluate, skills_report, train
+from sharpt_jax import build, evaluate, scoring, storage, train
+from sharpt_jax.experiments import plots
+from sharpt_jax.models import methods
 from tasks import registry, samples
 
 SAMPLES_PER_SPLIT = 32
@@ -39,7 +40,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
     # ---------------------------------------------------------------------------------------------
     # Source stage, every target from it, and every baseline method on every target.
     # ---------------------------------------------------------------------------------------------
-    stages = {"source": stage_config(base, "source", base.demo.source_tasks, base.demo.source_steps, None)}
+    stages = {"source": stage_config(base, "source", base.demo.source_tasks, base.demo.source_steps)}
     # One source checkpoint, the one the targets start from: scoring a mixture's tasks at every checkpoint
     # would take longer than training it.
     stages["source"].save_every = base.demo.source_steps
@@ -47,8 +48,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
     for target in base.demo.targets.split(","):
         stages[target] = stage_config(base, "target", target, base.demo.target_steps, workdir / "source")
         for method in baselines:
-            stages[f"{target}_{method}"] = stage_config(base, "target", target, base.demo.target_steps, None)
-            stages[f"{target}_{method}"].update(method=method, learning_rate=base.demo.baseline_learning_rate)
+            stages[f"{target}_{method}"] = stage_config(
+                base,
+                "target",
+                target,
+                base.demo.target_steps,
+                method=method,
+                learning_rate=base.demo.baseline_learning_rate,
+            )
     for name, stage in stages.items():
         train.train(stage, workdir / name)
         evaluate.evaluate_checkpoints(stage, workdir / name)
@@ -58,8 +65,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
     # ---------------------------------------------------------------------------------------------
     rows = results_rows(workdir, stages)
     print(format_table(rows), flush=True)
-    (workdir / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    sharpt_stages = {name: stage for name, stage in stages.items() if stage.method == "sharpt"}
+    storage.write_json(workdir / "results.json", rows)
+    sharpt_stages = {name: stage for name, stage in stages.items() if methods.get(stage.method).has_codebook}
     if sharpt_stages:
         plot_skills(workdir, sharpt_stages, workdir / "skills.png")
         print(f"skill usage per task: {workdir / 'skills.png'}", flush=True)
@@ -81,14 +88,10 @@ def prepare_data(data_dir: Path) -> tuple[Path, Path]:
     return data_dir, vocab
 
 
-def stage_config(base, stage: str, task: str, steps: int, source: Path | None) -> ml_collections.ConfigDict:
-    config = base.copy_and_resolve_references()
-    config.mode = "train"
-    config.stage = stage
-    config.task = task
-    config.num_train_steps = steps
-    config.source_checkpoint = str(source) if source is not None else ""
-    return config
+def stage_config(base, stage: str, task: str, steps: int, source: Path | None = None, **fields):
+    """The config of one stage: `stage` on `task` for `steps` steps, from the source run in `source`."""
+    source = str(source) if source is not None else ""
+    return build.run_config(base, stage=stage, task=task, num_train_steps=steps, source_checkpoint=source, **fields)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +110,7 @@ def majority_baseline(task: str, config: ml_collections.ConfigDict) -> dict[str,
     train_targets = [ex["targets_pretokenized"].decode() for ex in examples("train")]
     majority = collections.Counter(train_targets).most_common(1)[0][0]
     test = examples("test")
-    return evaluate.task_metrics(task, test, [majority] * len(test))
+    return scoring.task_metrics(task, test, [majority] * len(test))
 
 
 def results_rows(workdir: Path, stages: dict) -> list[dict]:
@@ -115,7 +118,7 @@ def results_rows(workdir: Path, stages: dict) -> list[dict]:
     answering the most frequent training target."""
     rows = []
     for name, stage in stages.items():
-        best = json.loads((workdir / name / "eval" / "best.json").read_text())
+        best = storage.read_json(workdir / name / "eval" / "best.json")
         _, eval_tasks = build.configure_tasks(stage, build.resolve_files(stage))
         for task in eval_tasks:
             short = task.removeprefix(registry.PREFIX)
@@ -152,9 +155,9 @@ def plot_skills(workdir: Path, stages: dict, out: Path) -> None:
     """Heatmap [task, skill] of how often each task's test examples chose each skill (best checkpoint)."""
     names, rows = [], []
     for name in stages:
-        best = json.loads((workdir / name / "eval" / "best.json").read_text())
-        skills = json.loads((workdir / name / "eval" / "skills.json").read_text())[str(best["step"])]["test"]
+        best = storage.read_json(workdir / name / "eval" / "best.json")
+        skills = storage.read_json(workdir / name / "eval" / "skills.json")[str(best["step"])]["test"]
         for task, counts in skills.items():
             names.append(f"{task} ({name})" if name == "source" else task)
             rows.append(counts)
-    skills_report.skill_heatmap(names, rows, "Skill usage per task (fraction of test examples)", out)
+    plots.skill_heatmap(names, rows, "Skill usage per task (fraction of test examples)", out)

@@ -6,7 +6,7 @@ turns the list into the target list (reverse, sort, ...). A task writes its inst
     "<phrase>: w1 w2 ... wn"  ->  "skill(w1 ... wn)"
 
 where the phrase names the task in plain English ("reverse the order"). The split of roles is deliberate: the
-frozen T5 backbone is pretrained (bench/skills_backbone.py) to do every skill after an instruction token
+frozen T5 backbone is pretrained (scripts/make_skills_backbone.py) to do every skill after an instruction token
 (`do_<skill>`) and to *ignore* these phrases (they appear there after random instructions), so without a prompt
 it cannot tell which skill a task wants; the instance encoder (a real sentence encoder) reads the phrase and
 the words. A soft prompt has to supply the skill, and SharPT's codebook has to find it from the instance.
@@ -39,7 +39,7 @@ from tasks import features, registry
 from tasks.metrics import TaskEval
 
 WORLD_SEED = 2026
-# What every results file records as the split protocol (sharpt_jax.evaluate.scoring_protocol).
+# What every results file records as the split protocol (sharpt_jax.scoring.scoring_protocol).
 SPLIT_PROTOCOL = f"skills world (seed {WORLD_SEED}): generated train, validation 100, test 200"
 CATEGORIES = {
     "animal": "cat dog horse cow pig sheep goat lion tiger bear wolf fox deer mouse rabbit duck",
@@ -234,19 +234,17 @@ def _dataset_fn(task: SkillTask, num_train: int):
     return dataset_fn
 
 
+# The raw fields of a row that the tasks read (serving passes rows like these; the generator writes more).
+ROW_FEATURES = {"inputs": tf.TensorSpec([], tf.string), "targets": tf.TensorSpec([], tf.string)}
+
+
 def _register(name: str, task: SkillTask, num_train: int) -> None:
-    seqio.TaskRegistry.add(
-        name,
-        source=seqio.FunctionDataSource(
-            _dataset_fn(task, num_train),
-            splits=("train", "validation", "test"),
-            num_input_examples={"train": num_train, "validation": task.num_validation, "test": task.num_test},
-        ),
-        preprocessors=[features.tokenize, seqio.preprocessors.append_eos_after_trim],
-        output_features=registry.OUTPUT_FEATURES,
-        postprocess_fn=EVAL.postprocess_fn,
-        metric_fns=list(EVAL.metric_fns),
+    source = seqio.FunctionDataSource(
+        _dataset_fn(task, num_train),
+        splits=("train", "validation", "test"),
+        num_input_examples={"train": num_train, "validation": task.num_validation, "test": task.num_test},
     )
+    registry.register(name, source, [features.tokenize], EVAL, SPLIT_PROTOCOL, ROW_FEATURES)
 
 
 @functools.cache

@@ -1,0 +1,93 @@
+"""What a training run logs: device-side sums of the step's metrics over a window, their summary on the host,
+the progress line, and metrics.jsonl.
+
+The jitted step adds each step's metrics to the window's sums (`accumulate`, no host sync); the loop fetches them
+once per logging window (`summarize`), so logging costs one device-to-host transfer per window.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+SUMMED = ("loss", "lm_loss", "codebook_loss", "grad_norm")
+
+
+def zero_totals(num_skills: int = 0, restart_every: int = 0) -> dict:
+    """The window's sums at zero; `num_skills` K > 0 adds the skill counts [K] (a method with a codebook)."""
+    totals = {name: jnp.zeros((), jnp.float32) for name in SUMMED}
+    totals["nonfinite_steps"] = jnp.zeros((), jnp.int32)
+    if num_skills:
+        totals["skill_counts"] = jnp.zeros((num_skills,), jnp.int32)
+    if restart_every:
+        totals["restarted_skills"] = jnp.zeros((), jnp.int32)
+    return totals
+
+
+def accumulate(totals: dict, metrics: dict) -> dict:
+    """Adds one step's metrics to the window's sums (inside the jitted step: no host sync)."""
+    out = {name: totals[name] + metrics[name] for name in SUMMED}
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    out["nonfinite_steps"] = totals["nonfinite_steps"] + (~finite).astype(jnp.int32)
+    for name in ("skill_counts", "restarted_skills"):
+        if name in totals:
+            out[name] = totals[name] + metrics[name]
+    return out
+
+
+def summarize(totals: dict, num_steps: int, learning_rate: float) -> dict:
+    """Window means, plus for SharPT how the batch used the codebook:
+    skill_perplexity = exp(entropy of the skill frequencies) (1 = one skill for all, K = uniform use) and
+    dead_skills = how many of the K skills no example chose in the window; with restarts, restarted_skills =
+    how many dead skills were re-seated in the window."""
+    out = {name: float(totals[name]) / num_steps for name in SUMMED}
+    out["learning_rate"] = learning_rate
+    out["nonfinite_steps"] = int(totals["nonfinite_steps"])
+    if "skill_counts" in totals:
+        counts = np.asarray(totals["skill_counts"], np.float64)
+        p = counts[counts > 0] / counts.sum()
+        out["skill_perplexity"] = float(np.exp(-np.sum(p * np.log(p))))
+        out["dead_skills"] = int(np.sum(counts == 0))
+    if "restarted_skills" in totals:
+        out["restarted_skills"] = int(totals["restarted_skills"])
+    return out
+
+
+def progress_line(metrics: dict, num_steps: int, seconds_per_step: float) -> str:
+    """One line of the window's numbers and the time left at `seconds_per_step`."""
+    step = metrics["step"]
+    left = int(seconds_per_step * (num_steps - step))
+    line = (
+        f"step {step}/{num_steps} ({100 * step / num_steps:.0f}%) loss {metrics['loss']:.4f} "
+        f"lr {metrics['learning_rate']:.3g} {metrics['examples_per_sec']:.1f} ex/s"
+    )
+    if "skill_perplexity" in metrics:
+        line += f" skills ppl {metrics['skill_perplexity']:.1f} dead {metrics['dead_skills']}"
+    if "restarted_skills" in metrics:
+        line += f" restarted {metrics['restarted_skills']}"
+    return line + f" | {left // 3600}h{left // 60 % 60:02d}m{left % 60:02d}s left"
+
+
+class MetricsFile:
+    """metrics.jsonl, append-only; on resume, lines past the restored step (written after the checkpoint by the
+    run that was killed) are dropped so the file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, keep_until: int, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if enabled and path.exists():
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= keep_until]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf  # A line cut by the kill.
