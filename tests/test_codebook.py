@@ -101,6 +101,7 @@ class Killed(Exception):
     """Stands for the process dying right after a checkpoint is on disk."""
 
 
+@pytest.mark.slow
 def test_restarts_run_and_a_resumed_run_is_bit_identical(assets, tmp_path, monkeypatch):
     """9 steps with restarts every 3 (at steps 3 and 6; none in the last 3): straight, and stopped right after
     the checkpoint of step 4 (inside the window 4-6) and started again."""

@@ -63,6 +63,7 @@ def test_cached_run_equals_uncached(assets, cached_run, tmp_path):
         np.testing.assert_allclose(got[path], expected[path], rtol=1e-4, atol=1e-5, err_msg=path)
 
 
+@pytest.mark.slow
 def test_sigkill_and_restart_with_the_cache_end_bit_identical(cached_run, tmp_path, monkeypatch):
     config, straight, cache = cached_run
     (table,) = cache.glob("*.npz")

@@ -65,6 +65,7 @@ def assets(tmp_path_factory):
     return make_assets(tmp_path_factory.mktemp("assets"))
 
 
+@pytest.mark.slow
 def test_two_hosts_train_resume_and_score_as_one(assets, tmp_path):
     config = tiny_config(assets, num_train_steps=12, save_every=4, log_every=2)
     eval_config = tiny_config(assets, num_train_steps=12, save_every=4, log_every=2, mode="eval")

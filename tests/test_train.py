@@ -107,6 +107,7 @@ def test_run_writes_metrics_checkpoints_and_tensorboard(assets, source_run):
     assert not any(p.startswith(checkpoints.RESUME) for p in saved_state(workdir, 8))
 
 
+@pytest.mark.slow
 def test_sigkill_and_restart_end_bit_identical(source_run, tmp_path):
     config, straight = source_run  # The reference: the same run, never stopped.
     # The same command, killed with SIGKILL once its first checkpoint is on disk, then started again.
