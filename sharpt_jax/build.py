@@ -8,12 +8,14 @@ raises `ConfigError` with one line that says what to change; run.py prints it in
 import dataclasses
 import functools
 import hashlib
+import json
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import safetensors.numpy
 import seqio
 from flax import nnx
 from jax.experimental import multihost_utils
@@ -277,8 +279,9 @@ def build_model(config: ml_collections.ConfigDict, files: Files, mesh: jax.shard
     ever sits on one device. The new parameters (prompt, codebook, generator) are small and built on the host.
 
     Returns:
-      (model, identity): identity records the frozen models, {"t5": {"path", "checksum"}, "encoder": {...}},
-      which a target run compares with its source run's. Call after `configure_tasks` (a random T5 takes its
+      (model, identity): identity records the frozen models, {"t5": {"path", "checksum"}, "encoder": {...}}
+      (plus "hub_id" and "revision" for a model named by its hub id), which a target run compares with its
+      source run's. Call after `configure_tasks` (a random T5 takes its
       vocabulary size from the configured T5 vocabulary).
     """
     dtype = DTYPES[config.backbone_dtype]
@@ -292,7 +295,11 @@ def build_model(config: ml_collections.ConfigDict, files: Files, mesh: jax.shard
             t5 = hf.load_t5(
                 files.t5_folder, dtype, param_dtype, scan_layers=config.scan_layers, remat=config.remat, mesh=mesh
             )
-            t5_identity = {"path": str(files.t5_folder), "checksum": checkpoints.folder_checksum(files.t5_folder)}
+            t5_identity = {
+                "path": str(files.t5_folder),
+                "checksum": checkpoints.folder_checksum(files.t5_folder),
+                **hf.hub_reference(config.t5, files.t5_folder),  # A hub model: its id and commit, to share.
+            }
         encoder = (
             hf.load_encoder(files.encoder_folder, config.encoder_pooling, dtype=dtype, mesh=mesh)
             if methods.get(config.method).uses_encoder
@@ -302,7 +309,11 @@ def build_model(config: ml_collections.ConfigDict, files: Files, mesh: jax.shard
         raise ConfigError(str(err)) from err
     identity = {
         "t5": t5_identity,
-        "encoder": {"path": str(files.encoder_folder), "checksum": checkpoints.folder_checksum(files.encoder_folder)},
+        "encoder": {
+            "path": str(files.encoder_folder),
+            "checksum": checkpoints.folder_checksum(files.encoder_folder),
+            **hf.hub_reference(config.encoder, files.encoder_folder),
+        },
     }
     model = SharPT(
         t5,
@@ -344,12 +355,23 @@ def check_same_models(
             )
 
 
+# An exported adapter's files (`sharpt_jax.serving.export`): a published source stage, reused without its run.
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter.json", "adapter.safetensors"
+
+
 def restore_source(model, config: ml_collections.ConfigDict, identity: dict) -> dict:
     """Loads what the source stage of `config.method` trained (SharPT: codebook and generator) from
-    `config.source_checkpoint` into `model`, after checking that the source run used the same frozen T5 and
-    instance encoder and the same shapes. Returns {"workdir", "step"} for the records."""
+    `config.source_checkpoint` into `model`, after checking that the source stage used the same frozen T5 and
+    instance encoder and the same shapes. The source is a source run's workdir (its checkpoint
+    `config.source_step`, default the last) or an exported adapter of a source run (adapter.json and
+    adapter.safetensors). Returns {"workdir", "step"} for the records (an adapter's folder and its run's step)."""
     src = Path(config.source_checkpoint)
-    missing = ConfigError(f"config.source_checkpoint={src}: no checkpoints under {src / 'checkpoints'}")
+    if (src / ADAPTER_CONFIG).is_file():
+        return _restore_source_adapter(model, config, identity, src)
+    missing = ConfigError(
+        f"config.source_checkpoint={src}: no checkpoints under {src / 'checkpoints'} (nor an "
+        f"exported adapter, {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})"
+    )
     if not (src / "checkpoints").is_dir():  # Checked before opening it: opening would create the folder.
         raise missing
     ckpts = checkpoints.Checkpoints(src)
@@ -361,22 +383,50 @@ def restore_source(model, config: ml_collections.ConfigDict, identity: dict) -> 
         if step not in steps:
             raise ConfigError(f"config.source_step={step}: {src} has checkpoints of steps {steps}")
         meta = ckpts.metadata(step)
-        if (meta["method"], meta["stage"]) != (config.method, "source"):
-            raise ConfigError(
-                f"{src} is a {meta['method']} {meta['stage']}-stage run, not a {config.method} source-stage run"
-            )
-        check_same_models(meta["identity"], identity, str(src))
-        for field in ("num_skills", "prompt_length"):
-            if meta["config"][field] != config[field]:
-                raise ConfigError(
-                    f"{src} was trained with {field}={meta['config'][field]}, this run has {config[field]}; "
-                    f"set --config.{field}={meta['config'][field]}"
-                )
+        _check_source(str(src), meta["method"], meta["stage"], meta["identity"], meta["config"], config, identity)
         source_params = nnx.state(model, optim.path_filter(methods.get(config.method).transferred))
         nnx.update(model, ckpts.restore_params(step, source_params))
     finally:
         ckpts.close()
     return {"workdir": str(src.absolute()), "step": step}
+
+
+def _restore_source_adapter(model, config: ml_collections.ConfigDict, identity: dict, src: Path) -> dict:
+    """`restore_source` from an exported adapter of a source run: same checks, its weights placed where the
+    model's initial values are."""
+    adapter = json.loads((src / ADAPTER_CONFIG).read_text())
+    step = adapter["run"]["step"]
+    if config.source_step >= 0 and config.source_step != step:
+        raise ConfigError(f"config.source_step={config.source_step}: the adapter {src} holds step {step} only")
+    _check_source(str(src), adapter["method"], adapter["stage"], adapter, adapter["model"], config, identity)
+    weights = safetensors.numpy.load_file(src / ADAPTER_WEIGHTS)
+    flat = nnx.to_flat_state(nnx.state(model, optim.path_filter(methods.get(config.method).transferred)))
+    expected = {optim.path_str(path): tuple(v.shape) for path, v in flat}
+    if any(name not in weights or weights[name].shape != shape for name, shape in expected.items()):
+        found = {name: value.shape for name, value in weights.items()}
+        raise ConfigError(f"{src / ADAPTER_WEIGHTS}: weights {found}, a {config.method} source stage has {expected}")
+    restored = [
+        (path, v.replace(jax.device_put(weights[optim.path_str(path)].astype(v.dtype), v[...].sharding)))
+        for path, v in flat
+    ]
+    nnx.update(model, nnx.from_flat_state(restored))
+    return {"workdir": str(src.absolute()), "step": step}
+
+
+def _check_source(
+    where: str, method: str, stage: str, models: dict, fields: dict, config: ml_collections.ConfigDict, identity
+) -> None:
+    """ConfigError unless the source `where` (a run or an adapter) is a source stage of `config.method` with the
+    frozen models of `identity` and the run's num_skills and prompt_length (`fields`)."""
+    if (method, stage) != (config.method, "source"):
+        raise ConfigError(f"{where} is a {method} {stage}-stage run, not a {config.method} source-stage run")
+    check_same_models(models, identity, where)
+    for field in ("num_skills", "prompt_length"):
+        if fields[field] != config[field]:
+            raise ConfigError(
+                f"{where} was trained with {field}={fields[field]}, this run has {config[field]}; "
+                f"set --config.{field}={fields[field]}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------

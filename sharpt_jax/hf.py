@@ -50,8 +50,10 @@ _MODEL_PATTERNS = [
 ]
 
 
-def resolve_folder(path: str | os.PathLike) -> Path:
-    """Returns a local folder for `path`: the folder itself, or a hub snapshot of a model id."""
+def resolve_folder(path: str | os.PathLike, revision: str | None = None) -> Path:
+    """Returns a local folder for `path`: the folder itself, or a hub snapshot of a model id (at `revision`, a
+    commit hash, branch or tag; default the main branch). Offline (HF_HUB_OFFLINE=1), a snapshot already in the
+    hub cache is found without the network."""
     local = Path(path).expanduser()
     if local.is_dir():
         return local
@@ -60,13 +62,21 @@ def resolve_folder(path: str | os.PathLike) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(str(path), allow_patterns=_MODEL_PATTERNS))
+        return Path(snapshot_download(str(path), revision=revision, allow_patterns=_MODEL_PATTERNS))
     except Exception as err:  # Offline, unknown id, or no access: one clear message.
         raise CheckpointError(
             f"{path}: no local folder of that name and the hub download failed ({type(err).__name__}: "
             f"{err}). Offline, download the model once elsewhere (huggingface-cli download {path} "
             f"--local-dir DIR) and pass DIR instead."
         ) from err
+
+
+def hub_reference(path: str | os.PathLike, folder: Path) -> dict:
+    """{"hub_id": path, "revision": commit hash} when `resolve_folder(path)` found the hub model `path` as
+    `folder` (a hub cache snapshot, named by its commit); {} when `path` is a local folder, which stays a path."""
+    if Path(path).expanduser().is_dir():
+        return {}
+    return {"hub_id": str(path), "revision": folder.name}
 
 
 def read_config(folder: Path) -> dict:

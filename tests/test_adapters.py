@@ -18,6 +18,8 @@ import seqio
 from tiny_run import make_assets, tiny_config
 
 from sharpt_jax import build, checkpoints, evaluate, train
+from sharpt_jax import export as export_command
+from sharpt_jax import predict as predict_command
 from sharpt_jax import scoring as sharpt_scoring
 from sharpt_jax.serving import export, predict
 from sharpt_jax.serving.export import AdapterError, load_adapter
@@ -221,7 +223,7 @@ def test_row_errors(predictor):
 
 
 def test_command_lines(runs, adapters, mixed, tmp_path):
-    export.main([str(runs["boolq"][1]), str(tmp_path / "boolq")])
+    export_command.main([str(runs["boolq"][1]), str(tmp_path / "boolq")])
     assert load_adapter(tmp_path / "boolq").params.keys() == load_adapter(adapters["boolq"]).params.keys()
     rows, texts = mixed
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
@@ -236,4 +238,4 @@ def test_command_lines(runs, adapters, mixed, tmp_path):
     assert [out["text"] for out in outputs] == texts[:20]
     # A mistake ends the command with one line.
     with pytest.raises(SystemExit, match=f"^error: {tmp_path}: not an adapter folder"):
-        predict.main([*cmd[3:-2], "--adapter", str(tmp_path)])
+        predict_command.main([*cmd[3:-2], "--adapter", str(tmp_path)])

@@ -13,19 +13,27 @@ checkpoint N. OUT_DIR gets
                        vocabularies (paths and sha256), the run's sequence lengths and scoring (so that serving
                        scores as the evaluator did), and the scores of the step
   README.md            a model card: the same in words, with the scores of eval/results.json
+and, for a PromptTuning run on a Hugging Face T5, the same prompt in PEFT's format, so that
+`peft.PeftModel.from_pretrained(T5ForConditionalGeneration.from_pretrained(T5), OUT_DIR)` serves it:
+  adapter_config.json        a PROMPT_TUNING, SEQ_2_SEQ_LM config: num_virtual_tokens L, token_dim d,
+                             num_transformer_submodules 1 (the prompt goes before the encoder's input only, as ours),
+                             base_model_name_or_path the T5's hub id (and revision) or folder
+  adapter_model.safetensors  "prompt_embeddings" [L, d], float32
+
+A frozen model named by its hub id is recorded with the id and the commit it resolved to (`hub_id`, `revision`),
+beside the local path and sha256; a local folder is recorded as its path.
 
 ModelTuning runs are refused: they train the whole T5, so their "adapter" would be a full copy of the backbone,
 and mixed serving rests on one frozen backbone shared by every adapter. Serve them with run.py's eval mode.
 
 `load_adapter` reads such a folder back and refuses, with one line, a backbone, encoder or vocabulary file whose
 sha256 is not the one the adapter was trained with (a random T5, which has no folder, is checked where it is
-built, in `sharpt_jax.serving.predict`).
+built, in `sharpt_jax.serving.predict`). Where a recorded folder is missing (another machine), a model recorded
+with its hub id is fetched from the hub (or found in its cache) at the recorded revision.
 """
 
-import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -34,11 +42,12 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from sharpt_jax import build, checkpoints, optim, sharding, storage
+from sharpt_jax import build, checkpoints, hf, optim, sharding, storage
 from sharpt_jax.models import methods
 
 FORMAT = "sharpt-adapter/1"
-WEIGHTS, CONFIG, CARD = "adapter.safetensors", "adapter.json", "README.md"
+WEIGHTS, CONFIG, CARD = build.ADAPTER_WEIGHTS, build.ADAPTER_CONFIG, "README.md"
+PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
 class AdapterError(build.ConfigError):
@@ -142,7 +151,32 @@ def export(run_dir: str | Path, out_dir: str | Path, step: int | None = None) ->
         save_file(params, tmp, metadata={"format": FORMAT})
     storage.write_json(out_dir / CONFIG, adapter)
     storage.write_text(out_dir / CARD, model_card(adapter, params))
+    if config.method == "prompt_tuning" and files.t5_folder is not None:
+        write_peft(out_dir, adapter, params["prompt"], files.t5_folder)
     return out_dir
+
+
+def write_peft(out_dir: Path, adapter: dict, prompt: np.ndarray, t5_folder: Path) -> None:
+    """A PromptTuning adapter's prompt [L, d] in PEFT's format (see the module docstring), as
+    `peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_transformer_submodules=1)` saves it."""
+    t5, t5_config = adapter["t5"], hf.read_config(t5_folder)
+    peft_config = {
+        "peft_type": "PROMPT_TUNING",
+        "task_type": "SEQ_2_SEQ_LM",
+        "num_virtual_tokens": int(prompt.shape[0]),
+        "token_dim": int(prompt.shape[1]),
+        # One submodule: PEFT's default for seq2seq models (2) would also prepend prompts to the decoder's input.
+        "num_transformer_submodules": 1,
+        "num_attention_heads": t5_config["num_heads"],
+        "num_layers": t5_config["num_layers"],
+        "prompt_tuning_init": "RANDOM",  # How PEFT would initialise a new prompt; this one is trained.
+        "base_model_name_or_path": t5.get("hub_id", t5["path"]),
+        "revision": t5.get("revision"),
+        "inference_mode": True,
+    }
+    with storage.replacing(out_dir / PEFT_WEIGHTS) as tmp:
+        save_file({"prompt_embeddings": np.asarray(prompt, np.float32)}, tmp, metadata={"format": "pt"})
+    storage.write_json(out_dir / PEFT_CONFIG, peft_config)
 
 
 def model_card(adapter: dict, params: dict[str, np.ndarray]) -> str:
@@ -159,8 +193,8 @@ def model_card(adapter: dict, params: dict[str, np.ndarray]) -> str:
         "| | |",
         "|---|---|",
         f"| tasks | {', '.join(adapter['tasks'])} |",
-        f"| frozen T5 | `{t5['path']}` (sha256 `{t5['checksum']}`), {model['backbone_dtype']} |",
-        f"| instance encoder | `{encoder['path']}` (sha256 `{encoder['checksum']}`), {encoder['pooling']} pooling |",
+        f"| frozen T5 | {_model_name(t5)} (sha256 `{t5['checksum']}`), {model['backbone_dtype']} |",
+        f"| instance encoder | {_model_name(encoder)} (sha256 `{encoder['checksum']}`), {encoder['pooling']} pooling |",
         f"| prompt length L, skills K | {model['prompt_length']}, {model['num_skills']} |",
         f"| adapter parameters | {sum(int(v.size) for v in params.values()):,} ({', '.join(sorted(params))}) |",
         f"| sequence lengths | {adapter['sequence_length']} |",
@@ -186,7 +220,20 @@ def model_card(adapter: dict, params: dict[str, np.ndarray]) -> str:
         "the frozen T5, the encoder and both vocabularies against the ones above.",
         "",
     ]
+    if adapter["method"] == "prompt_tuning" and t5["path"] != build.RANDOM_T5:
+        lines += [
+            f"The prompt is also in PEFT's format ({PEFT_CONFIG}, {PEFT_WEIGHTS}): "
+            "`peft.PeftModel.from_pretrained(T5ForConditionalGeneration.from_pretrained(T5), THIS_FOLDER)`.",
+            "",
+        ]
     return "\n".join(lines)
+
+
+def _model_name(record: dict) -> str:
+    """A frozen model as the card names it: its hub id and revision, or its path."""
+    if "hub_id" in record:
+        return f"`{record['hub_id']}` (revision `{record['revision']}`)"
+    return f"`{record['path']}`"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,14 +246,16 @@ def load_adapter(path: str | Path, t5: str | Path | None = None, encoder: str | 
 
     Args:
       path: the folder `export` wrote.
-      t5, encoder: folders to use instead of the recorded ones (e.g. after moving them); a vocabulary file
-        that is no longer at its recorded path is looked for under the same name in that folder.
+      t5, encoder: folders or hub ids to use instead of the recorded ones (e.g. after moving them); a vocabulary
+        file that is no longer at its recorded path is looked for under the same name in that folder. Without
+        them, a recorded folder that is missing is fetched by its recorded hub id and revision, if it has one.
 
     Returns:
       The Adapter, its config pointing at the folders and vocabularies found.
 
     Raises:
-      AdapterError: not an adapter folder, or a folder or vocabulary whose sha256 differs from the recorded one.
+      AdapterError: not an adapter folder, a model that cannot be found, or a folder or vocabulary whose sha256
+        differs from the recorded one.
     """
     path = Path(path)
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
@@ -216,16 +265,36 @@ def load_adapter(path: str | Path, t5: str | Path | None = None, encoder: str | 
         raise AdapterError(f"{path}: format {config.get('format')!r}, this code reads {FORMAT!r}")
     for part, override in (("t5", t5), ("encoder", encoder)):
         record = config[part]
-        folder = Path(override) if override is not None else Path(record["path"])
+        folder = Path(record["path"])
         if record["path"] != build.RANDOM_T5:
+            folder = _find_folder(path, part, record, override)
             _check(path, part, folder, checkpoints.folder_checksum, record["checksum"])
             record["path"] = str(folder)
+        elif override is not None:
+            folder = Path(override)  # Of a random T5 only the vocabulary is looked for there.
         vocab = Path(record["vocab"]["path"])
-        if not vocab.is_file() and override is not None:
+        if not vocab.is_file() and folder.is_dir():
             vocab = folder / vocab.name
         _check(path, f"{part} vocabulary", vocab, checkpoints.file_checksum, record["vocab"]["checksum"])
         record["vocab"]["path"] = str(vocab)
     return Adapter(path=path, config=config, params=load_file(path / WEIGHTS))
+
+
+def _find_folder(adapter: Path, part: str, record: dict, override: str | Path | None) -> Path:
+    """The folder of the frozen `part`: `override` (a folder or hub id; the recorded revision for the recorded
+    id), else the recorded folder, else, where that is missing, the recorded hub id at its revision."""
+    if override is not None:
+        name = str(override)
+        revision = record.get("revision") if name == record.get("hub_id") else None
+    elif Path(record["path"]).exists() or "hub_id" not in record:
+        return Path(record["path"])
+    else:
+        name, revision = record["hub_id"], record["revision"]
+    try:
+        return hf.resolve_folder(name, revision)
+    except hf.CheckpointError as err:
+        flag = "--t5" if part == "t5" else "--encoder"
+        raise AdapterError(f"adapter {adapter} needs the {part}: {err}; pass {flag} FOLDER") from err
 
 
 def _check(adapter: Path, what: str, found: Path, checksum, expected: str) -> None:
@@ -238,20 +307,3 @@ def _check(adapter: Path, what: str, found: Path, checksum, expected: str) -> No
             f"adapter {adapter} was trained with a {what} of sha256 {expected[:12]}, {found} has {actual[:12]}; "
             f"pass {flag} FOLDER with the one it was trained with"
         )
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", type=Path, help="a run folder (run.py --workdir)")
-    parser.add_argument("out_dir", type=Path, help="where the adapter goes")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint to export (default: eval/best.json's)")
-    args = parser.parse_args(argv)
-    try:
-        out = export(args.run_dir, args.out_dir, args.step)
-    except build.ConfigError as err:
-        sys.exit(f"error: {err}")
-    print(f"wrote {out / WEIGHTS}, {out / CONFIG}, {out / CARD}")
-
-
-if __name__ == "__main__":
-    main()

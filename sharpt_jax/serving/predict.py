@@ -31,7 +31,6 @@ Predictions equal the evaluator's for the same checkpoint (tests/test_adapters.p
 sequence lengths, batches are padded to the longest, which can move results by float rounding only.
 """
 
-import argparse
 import functools
 import json
 import sys
@@ -414,30 +413,20 @@ def _jsonable(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--adapter", action="append", required=True, type=Path, help="an adapter folder (repeat)")
-    parser.add_argument("--input", required=True, type=Path, help='JSONL rows {"task": NAME, ...raw fields}')
-    parser.add_argument("--output", required=True, type=Path, help="JSONL predictions, one line per input row")
-    parser.add_argument("--batch_size", type=int, default=32, help="rows per batch (a multiple of the devices)")
-    parser.add_argument("--t5", default=None, help="the frozen T5 folder, if not at the adapters' recorded path")
-    parser.add_argument("--encoder", default=None, help="the instance encoder folder, likewise")
-    args = parser.parse_args(argv)
+def run(adapter: list[Path], input: Path, output: Path, batch_size: int, t5: str | None, encoder: str | None):
+    """`python -m sharpt_jax.predict`: the rows of the JSONL file `input` answered by the `adapter` folders,
+    one JSON line per row written to `output` (see `sharpt_jax.predict` for the arguments)."""
     try:
-        adapters = [load_adapter(path, t5=args.t5, encoder=args.encoder) for path in args.adapter]
-        predictor = Predictor(adapters, batch_size=args.batch_size)
-        rows = [json.loads(line) for line in args.input.read_text().splitlines() if line.strip()]
+        adapters = [load_adapter(path, t5=t5, encoder=encoder) for path in adapter]
+        predictor = Predictor(adapters, batch_size=batch_size)
+        rows = [json.loads(line) for line in input.read_text().splitlines() if line.strip()]
         start = time.perf_counter()
         outputs = predictor.predict(rows)
     except build.ConfigError as err:
         sys.exit(f"error: {err}")
     seconds = time.perf_counter() - start
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.output.with_name(args.output.name + ".tmp")  # Renamed once complete: never half a file.
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".tmp")  # Renamed once complete: never half a file.
     partial.write_text("".join(json.dumps(out, ensure_ascii=False) + "\n" for out in outputs))
-    partial.replace(args.output)
-    print(f"wrote {len(outputs)} predictions to {args.output} ({len(rows) / seconds:.1f} rows/s, compiles included)")
-
-
-if __name__ == "__main__":
-    main()
+    partial.replace(output)
+    print(f"wrote {len(outputs)} predictions to {output} ({len(rows) / seconds:.1f} rows/s, compiles included)")
