@@ -281,11 +281,10 @@ def load_adapter(path: str | Path, t5: str | Path | None = None, encoder: str | 
 
 
 def _find_folder(adapter: Path, part: str, record: dict, override: str | Path | None) -> Path:
-    """The folder of the frozen `part`: `override` (a folder or hub id; the recorded revision for the recorded
-    id), else the recorded folder, else, where that is missing, the recorded hub id at its revision."""
+    """The folder of the frozen `part`: `override` (a folder, or a hub id at its main revision), else the recorded
+    folder, else, where that is missing, the recorded hub id at the recorded revision."""
     if override is not None:
-        name = str(override)
-        revision = record.get("revision") if name == record.get("hub_id") else None
+        name, revision = str(override), None
     elif Path(record["path"]).exists() or "hub_id" not in record:
         return Path(record["path"])
     else:
