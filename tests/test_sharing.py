@@ -3,7 +3,10 @@ and revision and found again by them; a target run starts from an exported sourc
 source run; a PromptTuning adapter loaded by PEFT on Hugging Face's T5 gives our logits and predictions."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import huggingface_hub
@@ -21,6 +24,7 @@ from sharpt_jax import predict as predict_command
 from sharpt_jax.serving import export, predict
 from sharpt_jax.serving.export import AdapterError, load_adapter
 
+ROOT = Path(__file__).resolve().parents[1]
 HUB_ID, REVISION = "tiny-org/tiny-t5", "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -201,3 +205,14 @@ def test_target_from_an_exported_source_adapter(hub, tmp_path):
     again = hub_config(assets, stage="target", task="cb", source_checkpoint=str(target_adapter))
     with pytest.raises(build.ConfigError, match="is a sharpt target-stage run, not a sharpt source-stage run"):
         train.train(again, tmp_path / "again")
+
+
+@pytest.mark.parametrize("command", ["predict", "export", "report"])
+def test_help_is_quick_and_imports_neither_tensorflow_nor_jax(command, tmp_path):
+    """`python -m sharpt_jax.<command> --help` from another folder parses its arguments before the heavy imports."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # As `pip install -e .` makes the packages importable.
+    cmd = [sys.executable, "-X", "importtime", "-m", f"sharpt_jax.{command}", "--help"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: ")
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+    assert "sharpt_jax" in imported and not imported & {"tensorflow", "jax", "seqio", "torch"}
