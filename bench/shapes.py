@@ -60,9 +60,11 @@ def bert(hidden_size: int, num_layers: int, num_heads: int, vocab_size: int = 30
 
 T5_SHAPES = {
     "quick": t5_v1_1(256, 1024, 4, 2),  # 2 + 2 layers: compiling dominates a quick CPU run.
+    "small": t5_v1_1(512, 1024, 6, 8),
     "base": t5_v1_1(768, 2048, 12, 12),
     "large": t5_v1_1(1024, 2816, 16, 24),
     "xl": t5_v1_1(2048, 5120, 32, 24),
+    "xxl": t5_v1_1(4096, 10240, 64, 24),
 }
 BERT_SHAPES = {"quick": bert(128, 2, 2), "base": bert(768, 12, 12)}
 

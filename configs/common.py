@@ -28,7 +28,9 @@ SKILLS_BACKBONE = str(Path(__file__).resolve().parent.parent / "tasks" / "skills
 RECIPES = {
     # The paper (Sec. 3, "Training Details"): Adam, learning rate 0.3, 4,000 warm-up steps, 64 soft tokens.
     "sharpt": dict(optimizer="adam", learning_rate=0.3, warmup_steps=4000, prompt_length=64),
-    "no_latent": dict(optimizer="adam", learning_rate=0.3, warmup_steps=4000, prompt_length=64),  # Its ablation.
+    # Its ablations: "no latent space", and "no source task training" (codebook and generator on the target alone).
+    "no_latent": dict(optimizer="adam", learning_rate=0.3, warmup_steps=4000, prompt_length=64),
+    "no_source": dict(optimizer="adam", learning_rate=0.3, warmup_steps=4000, prompt_length=64),
     # Lester et al. (2021) and SPoT (Vu et al., 2022), as google-research/prompt-tuning configures them
     # (configs/models/t5_1_1_prompt.gin, configs/runs/prompt_finetune.gin): Adafactor, constant 0.3, no
     # warm-up, 100 soft tokens.
@@ -77,7 +79,8 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # train | eval (score every saved checkpoint not yet scored) | demo (configs/demo.py) | skills (configs/skills.py).
     c.mode = "train"
-    c.method = "sharpt"  # sharpt | no_latent | prompt_tuning | model_tuning (sharpt_jax.models.sharpt.METHODS).
+    # sharpt | no_latent | no_source | prompt_tuning | model_tuning (sharpt_jax.models.methods.METHODS).
+    c.method = "sharpt"
     c.stage = "source"  # source (Eq. 5: codebook + generator) | target (Eq. 3: generator only).
     # What to train on: a task or mixture name without the "sharpt_" prefix ("source_high_to_low", "wic"), or a
     # comma-separated list of tasks, mixed in proportion to their training sizes like the registered mixtures.
@@ -85,6 +88,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # -- Models. --
     c.t5 = T5_LM_ADAPT["base"]  # Hugging Face hub id or local folder; "random" builds `t5_random` (demo, tests).
+    # The LM-adapted T5 size of `t5` (a key of T5_LM_ADAPT), set by source_mix.py and target.py with it and kept
+    # when --config.t5 points at a local copy: the report's tables and Figure 2 group runs by it. "" = another T5.
+    c.size = ""
     # T5Config fields of the randomly initialised T5 used when t5 == "random"; its vocabulary size is that of
     # `t5_vocab`. The init seed is fixed (0) so that a source run and its targets build the same backbone.
     c.t5_random = ml_collections.ConfigDict(
@@ -122,7 +128,9 @@ def get_config() -> ml_collections.ConfigDict:
     # random (the paper) | kmeans (k-means centroids of the first batches' instance embeddings), and the period in
     # steps of dead-skill restarts (0 = none): a skill no instance chose in a period is re-seated on a far instance.
     # kmeans by default: the paper's start collapses the codebook (README, "Codebook health"); restarts never fired
-    # after a k-means start there, so they are off.
+    # after a k-means start there, so they are off. A departure from the paper: the report gives such runs (and the
+    # targets of such a source run) rows of their own, "SharPT (codebook_init=kmeans)"; the paper's start is
+    # --config.codebook_init=random (sharpt_jax.models.methods.PAPER_CODEBOOK).
     c.codebook_init = "kmeans"
     c.codebook_restart_every = 0
 

@@ -59,6 +59,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "save_every",
         "log_every",
         "micro_batches",
+        "eval.batch_size",
     ):
         if config[field] <= 0:
             raise ConfigError(f"config.{field} must be positive, got {config[field]}")
@@ -100,11 +101,11 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-    """The device mesh of `config.mesh_shape`, checked against the devices and both batch sizes."""
+    """The device mesh of `config.mesh_shape`, checked against the devices and the training batch (evaluation pads
+    its batches to the mesh: `data.eval_rows`)."""
     try:
         mesh = sharding.make_mesh(config.mesh_shape)
         data.check_batch_size(config.batch_size, mesh)
-        data.check_batch_size(config.eval.batch_size, mesh)
         if config.batch_size % config.micro_batches:
             raise ValueError(f"config.micro_batches={config.micro_batches} does not divide config.batch_size")
         data.check_batch_size(config.batch_size // config.micro_batches, mesh)  # Every micro-batch spans the mesh.

@@ -13,9 +13,11 @@ Training (`train_batches`): the training rows are shuffled with the run's seed, 
 batches of global_batch_size rows (remainder dropped). The stream is a pure function of (task, lengths, batch
 size, seed), so a resumed run rebuilds it and skips the batches already consumed.
 
-Evaluation (`eval_batches`): the whole split in its canonical order (no shuffle), the last batch padded with
-all-zero rows (so every mask and loss weight is 0 there), each batch with its task examples (the
-`*_pretokenized` strings and raw fields) for the postprocessors and metrics.
+Evaluation (`eval_batches`): the whole split in its canonical order (no shuffle), in batches of up to
+batch_size examples, each padded with all-zero rows (so every mask and loss weight is 0 there) to
+`eval_rows(batch_size, mesh)` rows, a multiple of the mesh's data axis: any eval batch size runs on any mesh, and
+the scores do not depend on either. Each batch comes with its task examples (the `*_pretokenized` strings and
+raw fields) for the postprocessors and metrics.
 
 Batches hold the features of `tasks.features.SharPTFeatureConverter` as int32 arrays:
 encoder_input_tokens / encoder_input_mask [B, T], decoder_input_tokens / decoder_target_tokens /
@@ -59,6 +61,15 @@ def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> None:
         raise ValueError(f"batch size {batch_size} is not positive")
     if batch_size % mesh.shape["data"]:
         raise ValueError(f"batch size {batch_size} does not divide over the data axis of size {mesh.shape['data']}")
+
+
+def eval_rows(batch_size: int, mesh: jax.sharding.Mesh) -> int:
+    """Rows of an evaluation batch of `batch_size` examples: batch_size rounded up to a multiple of the mesh's
+    'data' axis (every device holds the same number of rows; the extra rows are zero padding, whose outputs
+    are dropped). ValueError unless batch_size is positive."""
+    if batch_size <= 0:
+        raise ValueError(f"batch size {batch_size} is not positive")
+    return -(-batch_size // mesh.shape["data"]) * mesh.shape["data"]
 
 
 def to_global(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> Batch:
@@ -140,7 +151,7 @@ def train_batches(
 def eval_batches(
     task: str, split: str, sequence_length: Lengths, batch_size: int, mesh: jax.sharding.Mesh
 ) -> Iterator[tuple[Batch, int, list[dict]]]:
-    """The examples of one split in canonical order, as padded global batches.
+    """The examples of one split in canonical order, batch_size at a time, as padded global batches.
 
     Every host reads the whole split (evaluation splits are small) and places the rows of its devices, so all
     hosts agree on the order and on the examples of every batch. The tokenised batches of the
@@ -151,25 +162,26 @@ def eval_batches(
       task: a registered seqio task, e.g. "sharpt_rte".
       split: "validation", "test", ...
       sequence_length: {"inputs": T, "targets": S, "instance_inputs": I}.
-      batch_size: rows of every global batch, the last one included.
+      batch_size: examples per batch (the last batch may hold fewer); any positive number.
       mesh: the device mesh; batches are split over its 'data' axis.
 
     Yields:
-      (batch, num_real_rows, examples): the global batch (dict of int32 [batch_size, length]) whose rows from
-      num_real_rows on are zero padding, and the num_real_rows task examples of its real rows (numpy values,
-      strings as bytes).
+      (batch, num_real_rows, examples): the global batch (dict of int32 [R, length], R = `eval_rows(batch_size,
+      mesh)`) whose rows from num_real_rows on are zero padding, and the num_real_rows task examples of its real
+      rows (numpy values, strings as bytes).
     """
-    check_batch_size(batch_size, mesh)
+    rows = eval_rows(batch_size, mesh)
     settings = dataclasses.astuple(registry.SETTINGS)  # A new vocabulary or data folder means other batches.
     for padded, num_real, examples in _padded_eval_batches(
-        task, split, tuple(sorted(sequence_length.items())), batch_size, settings
+        task, split, tuple(sorted(sequence_length.items())), batch_size, rows, settings
     ):
         yield to_global(padded, mesh), num_real, examples
 
 
 @functools.lru_cache(maxsize=8)
-def _padded_eval_batches(task: str, split: str, lengths: tuple, batch_size: int, settings: tuple) -> tuple:
-    """((global batch of numpy arrays, zero-padded to batch_size rows), num_real_rows, examples), ...)."""
+def _padded_eval_batches(task: str, split: str, lengths: tuple, batch_size: int, rows: int, settings: tuple) -> tuple:
+    """((global batch of numpy arrays: batch_size examples zero-padded to `rows` rows), num_real_rows, examples),
+    ...)."""
     del settings  # Part of the cache key only.
     keep_tensorflow_off_accelerators()
     lengths = dict(lengths)
@@ -179,6 +191,6 @@ def _padded_eval_batches(task: str, split: str, lengths: tuple, batch_size: int,
     out = []
     for start, batch in zip(range(0, len(examples), batch_size), converted.as_numpy_iterator(), strict=True):
         real = examples[start : start + batch_size]
-        pad = batch_size - len(real)
+        pad = rows - len(real)
         out.append(({k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}, len(real), real))
     return tuple(out)

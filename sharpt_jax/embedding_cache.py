@@ -126,23 +126,24 @@ def instance_embeddings(graphdef: nnx.GraphDef, state: nnx.State, batch: dict) -
 
 
 def compute_embeddings(model: nnx.Module, rows: np.ndarray, batch_size: int, mesh: jax.sharding.Mesh) -> np.ndarray:
-    """e0 of every row by the `SharPT` model's encoder: int32 [N, I] -> float32 [N, m], in global batches of
-    `batch_size` split over 'data'.
+    """e0 of every row by the `SharPT` model's encoder: int32 [N, I] -> float32 [N, m], `batch_size` rows at a
+    time in global batches split over 'data'.
 
-    Every host holds all rows and places those of its devices (as evaluation does); the last batch is padded
-    with zero rows, whose outputs are dropped. The mask is the feature converter's: 1 where the token is not 0.
+    Every host holds all rows and places those of its devices (as evaluation does); each batch is padded with
+    zero rows to `data.eval_rows(batch_size, mesh)` rows, whose outputs are dropped. The mask is the feature
+    converter's: 1 where the token is not 0.
     """
     graphdef, state = nnx.split(model)
     state = jax.device_put(state, sharding.state_shardings(state, mesh))
-    data.check_batch_size(batch_size, mesh)
+    padded_rows = data.eval_rows(batch_size, mesh)
     out = []
     for start in range(0, len(rows), batch_size):
-        tokens = rows[start : start + batch_size]
-        tokens = np.pad(tokens, [(0, batch_size - len(tokens)), (0, 0)])
+        num_real = len(rows[start : start + batch_size])
+        tokens = np.pad(rows[start : start + batch_size], [(0, padded_rows - num_real), (0, 0)])
         batch = {"instance_input_tokens": tokens, "instance_input_mask": (tokens != 0).astype(np.int32)}
         e0, _ = instance_embeddings(graphdef, state, data.to_global(batch, mesh))
-        out.append(np.asarray(multihost_utils.process_allgather(e0, tiled=True), np.float32))
-    return np.concatenate(out)[: len(rows)]
+        out.append(np.asarray(multihost_utils.process_allgather(e0, tiled=True), np.float32)[:num_real])
+    return np.concatenate(out)
 
 
 # ---------------------------------------------------------------------------------------------

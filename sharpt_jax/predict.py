@@ -14,7 +14,7 @@ def main(argv=None) -> None:
     parser.add_argument("--adapter", action="append", required=True, type=Path, help="an adapter folder (repeat)")
     parser.add_argument("--input", required=True, type=Path, help='JSONL rows {"task": NAME, ...raw fields}')
     parser.add_argument("--output", required=True, type=Path, help="JSONL predictions, one line per input row")
-    parser.add_argument("--batch_size", type=int, default=32, help="rows per batch (a multiple of the devices)")
+    parser.add_argument("--batch_size", type=int, default=32, help="rows per batch (padded to the devices)")
     parser.add_argument(
         "--t5", default=None, help="the frozen T5: a folder or hub id, if not at the adapters' recorded path or hub id"
     )

@@ -206,7 +206,7 @@ def score_split(
       task: a registered task, "sharpt_rte" (or "rte").
       split: "validation", "test", ...
       sequence_length: {"inputs": T, "targets": S, "instance_inputs": I} of the input pipeline.
-      batch_size: global rows per batch (a multiple of the mesh's data axis); the last batch is padded.
+      batch_size: examples per batch (any positive number: `data.eval_batches` pads each batch to the mesh).
       max_decode_len: decoder positions of greedy decoding (unused by rank-classified tasks).
       mesh: the device mesh; batches are split over its 'data' axis.
       scoring: "decode" or "rank_classification" (see the module docstring).

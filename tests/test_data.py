@@ -135,11 +135,24 @@ def test_batches_are_global_arrays_sharded_over_data(vocab, mesh):
     np.testing.assert_array_equal(rows["instance_input_mask"], rows["instance_input_tokens"] != 0)
 
 
-def test_batch_size_must_divide_the_data_axis(vocab, mesh):
+def test_training_batch_size_must_divide_the_data_axis_eval_pads(vocab, mesh):
+    """A training batch must split over the 'data' axis (4); an eval batch of any size is padded to it: RTE's 7
+    test rows in batches of 3 are 3 + 3 + 1 real rows, each batch 4 rows, in the order batches of 7 give."""
     with pytest.raises(ValueError, match="data axis of size 4"):
         next(data.train_batches("sharpt_rte", LENGTHS, 6, mesh, seed=0))
-    with pytest.raises(ValueError, match="data axis of size 4"):
-        next(data.eval_batches("sharpt_rte", "test", LENGTHS, 2, mesh))
+    with pytest.raises(ValueError, match="not positive"):
+        next(data.eval_batches("sharpt_rte", "test", LENGTHS, 0, mesh))
+    batches = list(data.eval_batches("sharpt_rte", "test", LENGTHS, 3, mesh))
+    assert [(num_real, batch["encoder_input_tokens"].shape[0]) for batch, num_real, _ in batches] == [(3, 4)] * 2 + [
+        (1, 4)
+    ]
+    ((whole, seven, _),) = data.eval_batches("sharpt_rte", "test", LENGTHS, 7, mesh)
+    assert seven == 7 and whole["encoder_input_tokens"].shape[0] == 8
+    for key, value in whole.items():
+        real = np.concatenate([np.asarray(batch[key])[:num_real] for batch, num_real, _ in batches])
+        np.testing.assert_array_equal(real, np.asarray(value)[:7], err_msg=key)
+        for batch, num_real, _ in batches:
+            assert not np.asarray(batch[key])[num_real:].any(), key
 
 
 def test_eval_batches_padded_in_canonical_order(vocab, mesh):

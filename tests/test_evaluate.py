@@ -312,6 +312,20 @@ def test_padding_rows_never_count(sharpt_scores):
     assert with_padding.metrics == pytest.approx(divides.metrics, abs=1e-9)
 
 
+def test_any_batch_size_on_any_mesh_scores_the_same(sharpt_model, sharpt_scores):
+    """Batches of 6 (which the 4x2 mesh's data axis does not divide: each is padded to 8 rows) score as batches
+    of 4 on the 4x2 mesh and as batches of 6 on one device: the same predictions, skills and metrics."""
+    model, _ = sharpt_model
+    one_device = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), sharding.MESH_AXES)
+    alone = sharded(nnx.clone(model), one_device)
+    for task in ("sharpt_multirc", "sharpt_squad"):  # Rank-classified (grouped metrics) and decoded.
+        reference = sharpt_scores(task, 4)
+        for result in (sharpt_scores(task, 6), score(alone, task, batch_size=6, mesh=one_device)):
+            assert result.num_examples == 12 and result.predictions == reference.predictions
+            np.testing.assert_array_equal(result.skills, reference.skills)
+            assert result.metrics == pytest.approx(reference.metrics, abs=1e-9)
+
+
 def test_next_checkpoint_and_split_reuse_compiled_code(sharpt_model, sharpt_scores, mesh):
     """Another split with new parameter values (a later checkpoint, same structure) compiles nothing."""
     model, _ = sharpt_model

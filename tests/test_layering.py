@@ -41,8 +41,9 @@ LAYERS = (
     ),
 )
 PACKAGES = ("sharpt_jax", "tasks", "configs", "scripts", "bench")
-# Only these may import configs/ (config files are the command line's business).
-CONFIG_READERS = ("run", "configs", "bench")
+# Only these may import configs/ (config files are the command line's business; scripts/reproduce.py prices the
+# runs it starts from their configs).
+CONFIG_READERS = ("run", "configs", "bench", "scripts")
 
 
 def layer_of(module: str) -> int:

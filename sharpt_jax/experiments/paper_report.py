@@ -4,14 +4,21 @@
 
 A run is any folder under RUNS_DIR that holds `config.json` and `eval/best.json` (run.py's train and eval modes
 write them; scripts/reproduce.py lays out the paper's runs, the demo its stages). Each run is classified by
-  method    SharPT or "no latent space" (a target run started from a source run), PromptTuning, ModelTuning,
-            "no source training" (SharPT's source stage on one task), or "<method> (source stage)" for a run
-            on several tasks (a source mixture)
+  method    its config's method: SharPT or "no latent space" (a target run started from a source run),
+            PromptTuning, ModelTuning, "no source training" (method no_source: configs/target.py:TASK,
+            method=no_source), or "<method> (source stage)" for a run in the source stage of a method that
+            transfers (SharPT, no latent space) or on several tasks (a source mixture); then its departures
+  departures  where the codebook the run uses was trained with other settings than the paper's
+            (`methods.PAPER_CODEBOOK`: a random start, no dead-skill restarts), read from the config of the run
+            that trained it (the run itself, or for a target run its source run): "SharPT (codebook_init=kmeans)"
+            is a row of its own beside the paper-start "SharPT" (configs/common.py starts by k-means; the paper's
+            start is --config.codebook_init=random); a target run whose source run is gone is "codebook unknown"
   setting   for a target run with a source: the task of its source run (the `config.json` in its
             `source_checkpoint`, "source_" dropped): high_to_low (Tables 1 and 3), category (Table 2), any
             mixture; runs without a source (the baselines, "no source training") join every setting's table
             of their size and protocol, and have a table of their own when no setting covers their tasks
-  size      small, base, large, xl or xxl for the LM-adapted T5 hub ids, else the T5 folder's name or "random"
+  size      the config's `size` (configs/source_mix.py and target.py set it: small, base, large, xl, xxl),
+            "random" for a random T5, else the name of the T5 folder or hub id
   protocol  best.json's "protocol" (scoring and split protocol, "unknown" where missing): runs of two
             protocols never share a table or a curve
   task, seed
@@ -20,11 +27,13 @@ A run's number for a task is the test score of its best-validation checkpoint: t
 tables report one number per task.
 
 Writes to OUT_DIR:
-  results.md           one table per (setting, size, protocol): rows by method, columns by task and Avg, cells
-                       "mean +- std (n)" over seeds (sample std; "mean (1)" for one seed); under each row the
-                       paper's, where the table is one of the paper's (T5-base and its tasks). Avg is over seeds
-                       that have every column.
-  results.csv          setting,size,protocol,method,task,mean,std,n,paper: one line per cell (task "Avg" too)
+  results.md           one table per (setting, size, protocol): rows by method (and departures), columns by task
+                       and Avg, cells "mean +- std (n)" over seeds (sample std; "mean (1)" for one seed); under
+                       the rows of a method the paper's, where the table is one of the paper's (T5-base and its
+                       tasks). Avg is over seeds that have every column.
+  results.csv          setting,size,protocol,method,task,mean,std,n,paper: one line per cell (task "Avg" too;
+                       method as in results.md, e.g. "sharpt (codebook_init=kmeans)"; paper: the paper's number
+                       for the method)
   task_relations.png   the paper's Figure 3: cosine similarity between tasks' average one-hot skill choices, on
                        the test split at the best step, for one SharPT source run and the targets trained from it
                        (the family with the most tasks; skill indices mean nothing across source runs)
@@ -36,7 +45,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -46,7 +54,7 @@ from sharpt_jax.experiments import plots
 from sharpt_jax.models import methods as method_table
 
 # The paper's numbers (Pang et al., Tables 1-3; T5-base LM-adapted), one score per task: the setting each table
-# belongs to, its columns in the paper's order, and one row per method of ours (keys of METHOD_NAMES).
+# belongs to, its columns in the paper's order, and one row per method of ours (keys of method_table.METHODS).
 PAPER_TABLES = {
     1: (
         "high_to_low",
@@ -89,7 +97,7 @@ class ReportError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Run:
     path: Path
-    method: str  # A key of METHOD_NAMES, or "<method> (source stage)".
+    method: str  # The row: a key of method_table.METHODS, then "(source stage; <departures>)" where they apply.
     setting: str  # "high_to_low", ..., NO_SETTING, or "source stage: <task>" for a run on several tasks.
     size: str
     protocol: str
@@ -140,31 +148,54 @@ def classify(folder: Path, config: dict, best: dict) -> Run:
         scores = {t: float(np.mean([v for k, v in test.items() if k.startswith(t + "/")])) for t in tasks}
     else:
         scores = {config["task"].removeprefix("sharpt_"): test["score"]} if test else {}
-    method, source = config["method"], None
-    if tasks:
-        method, setting = f"{method} (source stage)", "source stage: " + config["task"]
+    method, source, qualifiers = config["method"], None, []
+    codebook_config = config  # The config of the run that trained the codebook this run uses.
+    if tasks or (config["stage"] == "source" and method_table.get(method).transferred is not None):
+        qualifiers, setting = ["source stage"], "source stage: " + config["task"]
     elif config.get("source_checkpoint") and config["stage"] == "target":
         source = Path(config["source_checkpoint"])  # If relative: to the directory run.py ran in, as here.
         source_config = source / "config.json"
         if source_config.exists():
-            setting = read_json(source_config)["task"].removeprefix("sharpt_").removeprefix("source_")
+            codebook_config = read_json(source_config)
+            setting = codebook_config["task"].removeprefix("sharpt_").removeprefix("source_")
         else:
             print(f"warning: {folder}: its source run {source} is gone; setting named after it", file=sys.stderr)
-            setting = f"source {source}"
+            codebook_config, setting = None, f"source {source}"
     else:
         setting = NO_SETTING
-        if config["stage"] == "source" and method == "sharpt":
-            method = "no_source"  # Codebook and generator learned on the target task alone.
+    qualifiers += departures(method, codebook_config)
+    method = f"{method} ({'; '.join(qualifiers)})" if qualifiers else method
     protocol = best.get("protocol")
     protocol = "unknown" if protocol is None else "; ".join(f"{k} {v}" for k, v in sorted(protocol.items()))
-    size, seed = size_of(config["t5"]), int(config["seed"])
+    size, seed = size_of(config), int(config["seed"])
     return Run(folder, method, setting, size, protocol, seed, int(best["step"]), scores, source)
 
 
-def size_of(t5: str) -> str:
-    """'google/t5-large-lm-adapt' or a folder of it -> 'large'; another folder -> its name; 'random'."""
-    match = re.search(r"t5-(\w+)-lm-adapt", t5)
-    return match.group(1) if match else Path(t5.rstrip("/")).name
+def departures(method: str, codebook_config: dict | None) -> list[str]:
+    """["codebook_init=kmeans", ...]: the codebook settings of `codebook_config` (the run that trained the codebook;
+    None: that run is gone) that differ from the paper's; [] for a method without a codebook. A config from before
+    a setting existed counts as the paper's value."""
+    if not method_table.get(method).has_codebook:
+        return []
+    if codebook_config is None:
+        return ["codebook unknown"]
+    return [
+        f"{field}={codebook_config[field]}"
+        for field, paper in method_table.PAPER_CODEBOOK.items()
+        if codebook_config.get(field, paper) != paper
+    ]
+
+
+def size_of(config: dict) -> str:
+    """The config's `size` ('large'); 'random' for a random T5; else the T5 folder's or hub id's name."""
+    if config["t5"] == "random":
+        return "random"
+    return config.get("size") or Path(config["t5"].rstrip("/")).name
+
+
+def base_method(method: str) -> str:
+    """ "sharpt (codebook_init=kmeans)" -> "sharpt": the key of the method table and of the paper's rows."""
+    return method.partition(" ")[0]
 
 
 def method_name(method: str) -> str:
@@ -229,7 +260,7 @@ def summary(values) -> tuple[float, float | None, int]:
 def cells_of(methods: dict, columns: list[str]) -> dict:
     """{method: {task or "Avg": (mean, std, n)}}; Avg over the seeds that have every column."""
     out = {}
-    for method in sorted(methods, key=lambda m: _rank(METHOD_ORDER, m)):
+    for method in sorted(methods, key=lambda m: (_rank(METHOD_ORDER, base_method(m)), m)):
         by_task = methods[method]
         cells = {t: summary(score for score, _ in by_task[t].values()) for t in columns if t in by_task}
         complete = set.intersection(*(set(by_task.get(t, {})) for t in columns))
@@ -285,13 +316,18 @@ def write_tables(tables: dict, out_dir: Path, notes: list[str]) -> None:
         paper = paper_cells(setting, size, columns)
         lines += ["", f"## {table_title(setting, size, protocols.index(protocol) + 1, protocol)}", ""]
         lines += ["| method | " + " | ".join(columns) + " | Avg |", "|---|" + "---|" * (len(columns) + 1)]
-        for method, cells in cells_of(methods, columns).items():
+        table = cells_of(methods, columns)
+        order = list(table)
+        for i, (method, cells) in enumerate(table.items()):
             ours = [cells.get(t) for t in [*columns, "Avg"]]
             lines.append(f"| {method_name(method)} | " + " | ".join(_cell(c) for c in ours) + " |")
-            theirs = [paper.get(method, {}).get(t) for t in [*columns, "Avg"]]
-            if any(v is not None for v in theirs):
+            base = base_method(method)
+            theirs = [paper.get(base, {}).get(t) for t in [*columns, "Avg"]]
+            # The paper's row under the last of the method's rows (the paper's start, then each departure).
+            last_of_method = i + 1 == len(order) or base_method(order[i + 1]) != base
+            if last_of_method and any(v is not None for v in theirs):
                 text = ["" if v is None else f"{v:.1f}" for v in theirs]
-                lines.append(f"| {method_name(method)} (paper) | " + " | ".join(text) + " |")
+                lines.append(f"| {method_name(base)} (paper) | " + " | ".join(text) + " |")
             for task, cell, value in zip([*columns, "Avg"], ours, theirs, strict=True):
                 if cell is not None:
                     rows.append(
@@ -357,9 +393,11 @@ def skill_family(runs: list[Run]) -> tuple[str, dict[str, list[int]]] | None:
     trained from it, which share its frozen codebook) covers the most tasks; None if none covers two."""
     families = {}
     for run in runs:
-        if run.method == "sharpt (source stage)":
+        if base_method(run.method) != "sharpt":
+            continue
+        if run.method.startswith("sharpt (source stage"):
             families.setdefault(run.path.resolve(), []).insert(0, run)
-        elif run.method == "sharpt" and run.source is not None:
+        elif run.source is not None:
             families.setdefault(run.source.resolve(), []).append(run)
     candidates = []
     for source, members in sorted(families.items()):

@@ -28,21 +28,21 @@ from jax.experimental import multihost_utils
 
 from sharpt_jax import build, checkpoints, data, embedding_cache, evaluate, storage, train
 from sharpt_jax.experiments import skills_report
+from sharpt_jax.models import methods
 from tasks import skills_world
 
 # Methods of the comparison -> (model method, stage, whether the target starts from a source run, config fields).
 # The SharPT rows pin their codebook settings (sharpt_jax.codebook_health), so that each row means the same whatever
 # the defaults of configs/common.py: "sharpt" and "no_source" are the paper's method (random start, no restarts).
-PAPER_CODEBOOK = dict(codebook_init="random", codebook_restart_every=0)
 METHODS = {
-    "sharpt": ("sharpt", "target", True, PAPER_CODEBOOK),
+    "sharpt": ("sharpt", "target", True, methods.PAPER_CODEBOOK),
     "sharpt_restarts": ("sharpt", "target", True, dict(codebook_init="random", codebook_restart_every=100)),
     "sharpt_kmeans": ("sharpt", "target", True, dict(codebook_init="kmeans", codebook_restart_every=0)),
     "sharpt_kmeans_restarts": ("sharpt", "target", True, dict(codebook_init="kmeans", codebook_restart_every=100)),
     "no_latent": ("no_latent", "target", True, {}),
     "prompt_tuning": ("prompt_tuning", "target", False, {}),
     "model_tuning": ("model_tuning", "target", False, {}),
-    "no_source": ("sharpt", "source", False, PAPER_CODEBOOK),  # Codebook and generator on the target alone.
+    "no_source": ("no_source", "target", False, methods.PAPER_CODEBOOK),  # Codebook and generator on the target alone.
 }
 
 

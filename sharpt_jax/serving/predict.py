@@ -152,14 +152,14 @@ class Predictor:
 
         Raises:
           AdapterError: no adapters, adapters of different frozen models or dtypes, two adapters for one task, or
-            a batch size that the mesh cannot split.
+            a batch size that is not positive.
         """
         if not adapters:
             raise AdapterError("no adapters: pass at least one --adapter FOLDER")
         self.adapters, self.batch_size = list(adapters), batch_size
         self.mesh = mesh if mesh is not None else sharding.make_mesh("-1,1")
         try:
-            data.check_batch_size(batch_size, self.mesh)
+            self.rows = data.eval_rows(batch_size, self.mesh)  # Batches are padded to the mesh, as in evaluation.
         except ValueError as err:
             raise AdapterError(f"--batch_size {batch_size}: {err}") from err
         first = self.adapters[0]
@@ -321,8 +321,8 @@ class Predictor:
         return registry.task_eval(task).ranks(adapter.config["eval"]["scoring"])
 
     def _run(self, chunk: list[int], adapter_of, tasks_of, features) -> tuple[list[str], np.ndarray]:
-        """Texts and skills of the examples `chunk` (one group), padded to a full batch with zero rows."""
-        pad = self.batch_size - len(chunk)
+        """Texts and skills of the examples `chunk` (one group), padded with zero rows to `self.rows` rows."""
+        pad = self.rows - len(chunk)
         rows = {key: np.pad(value[chunk], [(0, pad)] + [(0, 0)] * (value.ndim - 1)) for key, value in features.items()}
         batch = data.to_global(rows, self.mesh)
         task, adapter = tasks_of[chunk[0]], int(adapter_of[chunk[0]])
@@ -341,7 +341,7 @@ class Predictor:
                 if _prompt_length(other) == _prompt_length(self.adapters[adapter])
             ]
             position = {a: k for k, a in enumerate(members)}
-            index = np.zeros(self.batch_size, np.int32)
+            index = np.zeros(self.rows, np.int32)
             index[: len(chunk)] = [position[int(adapter_of[i])] for i in chunk]
             tokens, skills = mixed_greedy_tokens(
                 tuple(self.graphdefs[a] for a in members),
