@@ -13,9 +13,8 @@ from configs import common
 
 
 def get_config(arg: str | None = None):
-    arg = common.parse_arg(arg, mixture="high_to_low", method="sharpt", size="base")
-    if arg.mixture not in ("high_to_low", "category"):
-        raise ValueError(f"unknown source mixture {arg.mixture!r}; choose high_to_low or category")
+    choices = {"mixture": ("high_to_low", "category"), **common.METHOD_AND_SIZE}
+    arg = common.parse_arg(arg, choices, mixture="high_to_low", method="sharpt", size="base")
     c = common.get_config()
     c.stage = "source"
     c.task = f"source_{arg.mixture}"

@@ -16,7 +16,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None):
-    arg = common.parse_arg(arg, task="wic", method="sharpt", size="base")
+    arg = common.parse_arg(arg, common.METHOD_AND_SIZE, task="wic", method="sharpt", size="base")
     c = common.get_config()
     c.stage = "target"
     c.task = arg.task
