@@ -72,11 +72,11 @@ def parse_arg(arg: str | None, choices: dict[str, tuple] | None = None, **defaul
         key, sep, value = item.partition("=")
         if not sep:
             if i:
-                raise ConfigError(f"config argument {arg!r}: only the first value ({positional}) may omit 'key='")
+                raise ConfigError(f"only the first value ({positional}) may omit 'key='")
             key, value = positional, item
         if key not in defaults:
             raise ConfigError(
-                f"config argument {arg!r}: unknown key {key!r}; keys: {', '.join(defaults)}; "
+                f"unknown key {key!r}; keys: {', '.join(defaults)}; "
                 f"closest: {', '.join(errors.closest(key, defaults, n=1))}"
             )
         out[key] = parse_value(value, defaults[key], f"config argument {key}")

@@ -236,7 +236,7 @@ def test_clear_errors(assets, tmp_path):
 
 def test_run_py_prints_one_line_errors(assets, tmp_path):
     code, _, err = run_cli(tiny_config(assets, task="nope"), tmp_path, devices=1)
-    assert code == 1
+    assert code == 2
     assert err.strip().splitlines()[-1].startswith("error: config.task='nope': unknown task nope")
     assert "Traceback" not in err
 
