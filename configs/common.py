@@ -1,7 +1,9 @@
 """Defaults shared by every config: the paper's hyper-parameters, model sizes, and the argument parser.
 
-Every field can be overridden on the command line, e.g. `--config.batch_size=64 --config.mesh_shape=4,2`.
-The configs that users run are `source_mix.py`, `target.py` and `demo.py`; each one's docstring has its command.
+Every field can be overridden on the command line, e.g. `--config.batch_size=64 --config.mesh_shape=4,2`
+(configs/command_line.py: an unknown field, a value of the wrong type or a bad config argument is one line with
+the closest names, and exit status 2). The configs that users run are `source_mix.py`, `target.py` and
+`demo.py`; each one's docstring has its command. The eval mode needs none: it reads the run's DIR/config.json.
 """
 
 import ast

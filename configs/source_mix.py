@@ -6,7 +6,8 @@
 
 Argument: `high_to_low` (15 high-resource sources, the default) or `category` (9 sources by task category),
 then `method=` (sharpt | no_latent | prompt_tuning | model_tuning) and `size=` (small | base | large | xl | xxl
-LM-adapted T5). Score the saved checkpoints afterwards with `--config.mode=eval`.
+LM-adapted T5); another value is refused with the allowed ones and the closest. Score the saved checkpoints
+afterwards with `python run.py --workdir=DIR --config.mode=eval` (the run's own config, DIR/config.json).
 """
 
 from configs import common

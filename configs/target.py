@@ -1,11 +1,12 @@
 """Target training: one low-resource task, from a source run's codebook and generator (Eq. 3).
 
     python run.py --config=configs/target.py:wic --workdir=DIR --config.source_checkpoint=SRC_DIR
-    python run.py --config=configs/target.py:wic --workdir=DIR --config.mode=eval
+    python run.py --workdir=DIR --config.mode=eval        # scores the run with its own DIR/config.json
     python run.py --config=configs/target.py:rte,method=prompt_tuning,size=large --workdir=DIR
 
-Argument: the target task (boolq, cb, cola, copa, cr, mrpc, rte, stsb, wic, wsc; any registered task works),
-then `method=` and `size=` as in source_mix.py. SharPT (and the `no_latent` ablation) needs
+Argument: the target task (boolq, cb, cola, copa, cr, mrpc, rte, stsb, wic, wsc; any registered task works:
+an unknown one is refused with the closest names before anything is built), then `method=` and `size=` as in
+source_mix.py. SharPT (and the `no_latent` ablation) needs
 `--config.source_checkpoint`, the workdir of a source run of the same method: its codebook stays frozen and the
 generator trains on from the source's. PromptTuning and ModelTuning train from their initialisation (the
 paper's baselines), so they take no source checkpoint. The ablation "no source task

@@ -72,6 +72,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"method {config.method} in stage target starts from a source run: set "
             "--config.source_checkpoint=SRC_DIR (the workdir of configs/source_mix.py)"
         )
+    source = Path(config.source_checkpoint)
+    if needs_source(config) and config.mode == "train" and not any(source.glob("checkpoints/[0-9]*")):
+        raise _no_source_checkpoints(source)  # Found before the models are loaded (restore_source reads it after).
 
 
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:
@@ -358,19 +361,22 @@ def check_same_models(
             )
 
 
+def _no_source_checkpoints(src: Path) -> ConfigError:
+    return ConfigError(f"config.source_checkpoint={src}: no checkpoints under {src / 'checkpoints'}")
+
+
 def restore_source(model, config: ml_collections.ConfigDict, identity: dict) -> dict:
     """Loads what the source stage of `config.method` trained (SharPT: codebook and generator) from
     `config.source_checkpoint` into `model`, after checking that the source run used the same frozen T5 and
     instance encoder and the same shapes. Returns {"workdir", "step"} for the records."""
     src = Path(config.source_checkpoint)
-    missing = ConfigError(f"config.source_checkpoint={src}: no checkpoints under {src / 'checkpoints'}")
     if not (src / "checkpoints").is_dir():  # Checked before opening it: opening would create the folder.
-        raise missing
+        raise _no_source_checkpoints(src)
     ckpts = checkpoints.Checkpoints(src)
     try:
         steps = ckpts.all_steps()
         if not steps:
-            raise missing
+            raise _no_source_checkpoints(src)
         step = steps[-1] if config.source_step < 0 else config.source_step
         if step not in steps:
             raise ConfigError(f"config.source_step={step}: {src} has checkpoints of steps {steps}")
