@@ -81,8 +81,7 @@ def load(
     Raises:
       ConfigError: any mistake of the command line.
     """
-    file_defaults = config_file(config_arg.partition(":")[0]) if config_arg else common.get_config()
-    config = config_file(config_arg) if config_arg else common.get_config()
+    config, file_defaults = config_file(config_arg) if config_arg else (common.get_config(), common.get_config())
     for field, text, negated in overrides:
         set_field(config, field, text, negated)
     if config.mode not in MODES:
@@ -98,8 +97,8 @@ def load(
     return config
 
 
-def config_file(config_arg: str) -> ml_collections.ConfigDict:
-    """`get_config(argument)` of the config file of `config_arg` (FILE[:ARGUMENT])."""
+def config_file(config_arg: str) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+    """(`get_config(ARGUMENT)`, `get_config()`) of the config file of `config_arg` (FILE[:ARGUMENT])."""
     path, _, arg = config_arg.partition(":")
     if not Path(path).is_file():
         raise ConfigError(f"--config={config_arg}: no config file {path} (the configs are in configs/*.py)")
@@ -109,7 +108,7 @@ def config_file(config_arg: str) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise ConfigError(f"--config={config_arg}: {path} defines no get_config()")
     try:
-        return module.get_config(arg) if arg else module.get_config()
+        return module.get_config(arg) if arg else module.get_config(), module.get_config()
     except ValueError as err:  # A config file's own check of its argument (ours raise ConfigError, a ValueError).
         raise ConfigError(f"--config={config_arg}: {err}") from err
 
