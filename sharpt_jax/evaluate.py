@@ -1,6 +1,6 @@
 """The eval mode: score every saved checkpoint of a run once, select the best on validation, report its test.
 
-    python run.py --config=configs/target.py:wic --workdir=DIR --config.mode=eval
+    python run.py --workdir=DIR --config.mode=eval     # with the run's own DIR/config.json (run.py)
 
 Scoring itself (decoding or rank classification, the tasks' postprocessors and metrics) is `sharpt_jax.scoring`;
 this module walks the checkpoints, keeps the results files and writes the best step's predictions.
@@ -15,6 +15,8 @@ at most the checkpoint it was scoring, and a rerun scores only what is missing):
                 score (the earliest on ties), as the paper reports
   predictions/<best step>/<split>.jsonl   one JSON object per example, in the split's order: task, inputs,
                 target, prediction (the decoded or ranked text) and skill (SharPT)
+and every score to TensorBoard beside the training's, workdir/tensorboard, as eval/<split>/<metric> at the
+checkpoint's step. The workdir is locked while it is scored (sharpt_jax.workdir_lock).
 """
 
 import json
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import jax
 
-from sharpt_jax import build, checkpoints, scoring, storage
+from sharpt_jax import build, checkpoints, logs, scoring, storage, workdir_lock
 from sharpt_jax.models import methods
 from sharpt_jax.scoring import SplitScore
 
@@ -39,17 +41,23 @@ def evaluate_checkpoints(config, workdir: str | os.PathLike) -> dict:
 
     Raises:
       ConfigError: no checkpoints, no validation split, or eval/ holds scores of another protocol.
+      WorkdirInUse: another run holds `workdir`.
     """
-    workdir = Path(workdir)
     if "validation" not in config.eval.splits:
         raise build.ConfigError(f"config.eval.splits={config.eval.splits}: validation selects the best checkpoint")
+    with workdir_lock.hold(workdir):
+        return _evaluate(config, Path(workdir))
+
+
+def _evaluate(config, workdir: Path) -> dict:
     setup = build.prepare(config)
     ckpts = checkpoints.Checkpoints(workdir)
+    writer = logs.tensorboard_writer(workdir)
     try:
         steps = ckpts.all_steps()
         if not steps:
             raise build.ConfigError(f"{workdir}: no checkpoints to score under {ckpts.directory}; train first")
-        book = Results(workdir / "eval", scoring.scoring_protocol(config, setup.eval_tasks), config.method)
+        book = Results(workdir / "eval", scoring.scoring_protocol(config, setup.eval_tasks), config.method, writer)
         run_model = build.RunModel(config, setup, ckpts)
 
         def score(step: int, splits: Sequence[str]) -> dict[str, dict[str, SplitScore]]:
@@ -71,6 +79,8 @@ def evaluate_checkpoints(config, workdir: str | os.PathLike) -> dict:
                 write_predictions(predictions_dir / f"{split}.jsonl", scored[split])
     finally:
         ckpts.close()
+        if writer is not None:
+            writer.close()
     best = book.best(best_step)
     scores = f"validation {best['validation']['score']:.2f}" + (
         f", test {best['test']['score']:.2f}" if best["test"] else ""
@@ -94,10 +104,11 @@ def _score_validation(book: "Results", steps: list[int], eval_config, score) -> 
 
 
 class Results:
-    """eval/results.json and eval/skills.json of a run, kept in memory and written after every scored split."""
+    """eval/results.json and eval/skills.json of a run, kept in memory and written after every scored split (and
+    its scores to TensorBoard with `writer`, the first host's)."""
 
-    def __init__(self, folder: Path, protocol: dict, method: str):
-        self.folder, self.protocol, self.method = folder, protocol, method
+    def __init__(self, folder: Path, protocol: dict, method: str, writer=None):
+        self.folder, self.protocol, self.method, self.writer = folder, protocol, method, writer
         self.results = storage.read_json(folder / "results.json") or {"protocol": protocol}
         if self.results.get("protocol") != protocol:
             raise build.ConfigError(
@@ -115,6 +126,9 @@ class Results:
             storage.write_json(self.folder / "results.json", self.results)
             if methods.get(self.method).has_codebook:
                 storage.write_json(self.folder / "skills.json", self.skills)
+        if self.writer is not None:
+            self.writer.write_scalars(step, {f"eval/{split}/{name}": value for name, value in metrics.items()})
+            self.writer.flush()
         self.num_scored += 1
         if time.perf_counter() - self.last_line >= PROGRESS_SECONDS:
             print(f"eval step {step}: {split} {metrics['score']:.2f} ({self.num_scored} scored so far)", flush=True)

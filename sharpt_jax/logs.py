@@ -1,5 +1,5 @@
 """What a training run logs: device-side sums of the step's metrics over a window, their summary on the host,
-the progress line, and metrics.jsonl.
+the progress line, metrics.jsonl, and the TensorBoard writer (which the eval mode's scores reach too).
 
 The jitted step adds each step's metrics to the window's sums (`accumulate`, no host sync); the loop fetches them
 once per logging window (`summarize`), so logging costs one device-to-host transfer per window.
@@ -9,8 +9,10 @@ import json
 import math
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from clu import metric_writers
 
 SUMMED = ("loss", "lm_loss", "codebook_loss", "grad_norm")
 
@@ -91,3 +93,9 @@ def _step_of(line: str) -> float:
         return json.loads(line)["step"]
     except (ValueError, KeyError, TypeError):
         return math.inf  # A line cut by the kill.
+
+
+def tensorboard_writer(workdir: Path) -> metric_writers.SummaryWriter | None:
+    """The writer of the run's TensorBoard events, workdir/tensorboard (`tensorboard --logdir workdir`), on the
+    first host; None on the others. Training and the eval mode each add their own events file there."""
+    return metric_writers.SummaryWriter(str(Path(workdir) / "tensorboard")) if jax.process_index() == 0 else None

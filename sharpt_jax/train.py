@@ -3,11 +3,12 @@
     python run.py --config=configs/source_mix.py --workdir=DIR
 
 A run writes under its workdir:
-  config.json            the config as run
+  config.json            the config as run (the eval mode of run.py scores the run with it)
+  lock                   while the run lasts: its host, pid and start (sharpt_jax.workdir_lock)
   checkpoints/<step>/    Orbax: trainable params, optimizer state, step; metadata with the data position, the
                          frozen models' paths and checksums, the source checkpoint and the config
   metrics.jsonl          one JSON object per logged step (step, loss, learning_rate, examples_per_sec, ...)
-  tensorboard/           the same scalars as TensorBoard events
+  tensorboard/           the same scalars as TensorBoard events (and the eval mode's scores, eval/<split>/<metric>)
 
 The train state is a plain pytree {"trainable": nnx.State, "opt": optax state, "step": int32 []} (plus
 "skill_window": int32 [K] with dead-skill restarts). `train_step` makes one update from it: the loss of the
@@ -30,10 +31,21 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from clu import metric_writers
 from flax import nnx
 
-from sharpt_jax import build, checkpoints, codebook_health, data, embedding_cache, logs, optim, scoring, sharding
+from sharpt_jax import (
+    build,
+    checkpoints,
+    codebook_health,
+    data,
+    embedding_cache,
+    logs,
+    optim,
+    scoring,
+    sharding,
+    storage,
+    workdir_lock,
+)
 from sharpt_jax.models import methods
 
 
@@ -221,8 +233,16 @@ class Program:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-    """Trains `config` in `workdir` (resuming from its last checkpoint); returns the last logged metrics."""
-    workdir = Path(workdir)
+    """Trains `config` in `workdir` (resuming from its last checkpoint); returns the last logged metrics.
+
+    Raises:
+      WorkdirInUse: another run holds `workdir` (sharpt_jax.workdir_lock), checked before anything is built.
+    """
+    with workdir_lock.hold(workdir):
+        return _train(config, Path(workdir))
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     is_main = jax.process_index() == 0
 
     # -- Set-up and model: build, start from the source run (target stage), split into trainable and frozen. --
@@ -250,7 +270,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     }
     start_step = resume(config, program, ckpts, run_record, setup, workdir)
     if is_main:
-        (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
+        storage.write_text(workdir / "config.json", config.to_json(indent=2) + "\n")
     batches = data.train_batches(
         setup.train_task,
         config.sequence_length.to_dict(),
@@ -321,7 +341,7 @@ def loop(config, program: Program, batches, start_step: int, ckpts, run_record, 
     num_skills = config.num_skills if methods.get(config.method).has_codebook else 0
     totals = logs.zero_totals(num_skills, program.restart_every)
     metrics_file = logs.MetricsFile(workdir / "metrics.jsonl", keep_until=start_step, enabled=is_main)
-    writer = metric_writers.SummaryWriter(str(workdir / "tensorboard")) if is_main else None
+    writer = logs.tensorboard_writer(workdir)
     key, num_steps, last = dropout_key(config.seed), config.num_train_steps, {}
     window_start, window_step, run_start = time.perf_counter(), start_step, time.perf_counter()
     for step in range(start_step + 1, num_steps + 1):

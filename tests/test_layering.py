@@ -18,9 +18,11 @@ LAYERS = (
     (
         "library",
         (
+            "sharpt_jax.errors",
             "sharpt_jax.hf",
             "sharpt_jax.sharding",
             "sharpt_jax.storage",
+            "sharpt_jax.workdir_lock",
             "sharpt_jax.data",
             "sharpt_jax.checkpoints",
             "sharpt_jax.optim",

@@ -5,8 +5,10 @@ import json
 import numpy as np
 import pytest
 import seqio
+import tensorflow as tf
 from tiny_run import make_assets, tiny_config
 
+from configs import command_line
 from sharpt_jax import build, checkpoints, evaluate, scoring
 from sharpt_jax.experiments import demo
 from tasks import sources
@@ -122,3 +124,47 @@ def test_another_protocol_is_refused(pipeline):
     stage.eval.scoring = "rank_classification"
     with pytest.raises(build.ConfigError, match="made with .*'scoring': 'decode'.* uses .*rank_classification"):
         evaluate.evaluate_checkpoints(stage, workdir / "cb")
+
+
+def test_eval_mode_scores_with_the_runs_config_json(pipeline):
+    """run.py's eval mode without --config: the config comes from cb's config.json and scores as the demo did."""
+    _, workdir, _ = pipeline
+    before = (workdir / "cb" / "eval" / "results.json").read_text()
+    results = json.loads(before)
+    best_step = json.loads((workdir / "cb" / "eval" / "best.json").read_text())["step"]
+    del results["4" if best_step == 8 else "8"]  # One checkpoint to score again, through config.json's config.
+    (workdir / "cb" / "eval" / "results.json").write_text(json.dumps(results))
+    _, overrides = command_line.split_argv(["run.py", "--config.mode=eval"])
+    config = command_line.load(None, overrides, str(workdir / "cb"))
+    assert (config.task, config.stage, config.t5) == ("cb", "target", "random")
+    evaluate.evaluate_checkpoints(config, workdir / "cb")
+    assert json.loads((workdir / "cb" / "eval" / "results.json").read_text()) == json.loads(before)
+
+
+def tensorboard_scalars(folder) -> dict[tuple[int, str], float]:
+    """{(step, tag): value} of every scalar in the TensorBoard event files of `folder`."""
+    scalars = {}
+    for path in folder.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                scalars[event.step, value.tag] = float(tf.make_ndarray(value.tensor))
+    return scalars
+
+
+def test_eval_scores_reach_tensorboard(pipeline):
+    """Every score of eval/results.json is in the run's TensorBoard folder as eval/<split>/<metric> at its step
+    (the test split and step 4 only the eval mode writes; training scores validation at step 8)."""
+    _, workdir, _ = pipeline
+    results = json.loads((workdir / "cb" / "eval" / "results.json").read_text())
+    expected = {
+        (int(step), f"eval/{split}/{name}"): value
+        for step, splits in results.items()
+        if step != "protocol"
+        for split, metrics in splits.items()
+        for name, value in metrics.items()
+    }
+    assert {(4, "eval/validation/score"), (8, "eval/validation/macro_f1")} <= set(expected)
+    assert any(tag.startswith("eval/test/") for _, tag in expected)
+    scalars = tensorboard_scalars(workdir / "cb" / "tensorboard")
+    assert {key: scalars.get(key) for key in expected} == pytest.approx(expected, rel=1e-6)
+    assert (8, "loss") in scalars  # Beside the training's scalars.

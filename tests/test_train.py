@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from tiny_run import cli_overrides, kill_once_saved, make_assets, tiny_config
 
 from configs import source_mix as source_config
 from configs import target as target_config
-from sharpt_jax import build, checkpoints, train
+from sharpt_jax import build, checkpoints, train, workdir_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,6 +188,20 @@ def test_nan_stops_with_the_last_good_checkpoint_kept(assets, source_run, tmp_pa
     assert [r["step"] for r in read_metrics(tmp_path)] == [2, 4, 6, 8, 10]  # Nothing non-finite was logged.
 
 
+def test_a_killed_runs_lock_is_taken_over_and_the_run_resumes(assets, source_run, tmp_path):
+    """The lock a SIGKILLed run leaves (its pid gone) does not stop the same command from resuming."""
+    config, source = source_run
+    shutil.copytree(source, tmp_path, dirs_exist_ok=True)
+    killed = subprocess.Popen(["true"])
+    killed.wait()
+    stale = {"host": socket.gethostname(), "pid": killed.pid, "started": 1, "since": "2026-01-01T00:00:00+00:00"}
+    (tmp_path / workdir_lock.LOCK).write_text(json.dumps(stale))
+    train.train(tiny_config(assets, num_train_steps=12, save_every=4, log_every=2), tmp_path)
+    assert checkpoints.Checkpoints(tmp_path).all_steps() == [4, 8, 10, 12]  # Resumed at 10.
+    assert [r["step"] for r in read_metrics(tmp_path)] == [2, 4, 6, 8, 10, 12]
+    assert not (tmp_path / workdir_lock.LOCK).exists()
+
+
 def test_mismatched_source_and_foreign_workdir_are_refused(assets, source_run, tmp_path):
     _, source = source_run
     # A target on another backbone (a different random T5 shape) than the source used.
@@ -236,7 +251,7 @@ def test_clear_errors(assets, tmp_path):
 
 def test_run_py_prints_one_line_errors(assets, tmp_path):
     code, _, err = run_cli(tiny_config(assets, task="nope"), tmp_path, devices=1)
-    assert code == 1
+    assert code == 2
     assert err.strip().splitlines()[-1].startswith("error: config.task='nope': unknown task nope")
     assert "Traceback" not in err
 
