@@ -127,4 +127,3 @@ def test_runnable_block_runs(page, match, sample_data, tmp_path):
         ["bash", "-ec", "\n".join(lines)], cwd=work, env=env, capture_output=True, text=True, timeout=3000
     )
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-
