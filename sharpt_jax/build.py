@@ -23,7 +23,7 @@ from sharpt_jax import checkpoints, data, hf, optim, scoring, sharding
 from sharpt_jax.models import methods
 from sharpt_jax.models.sharpt import SharPT
 from sharpt_jax.models.t5 import T5, T5Config
-from tasks import mixtures, registry
+from tasks import mixtures, registry, sources
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 RANDOM_T5 = "random"
@@ -211,6 +211,10 @@ def prepare(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = 
     check_config(config)
     files = resolve_files(config)
     train_task, eval_tasks = configure_tasks(config, files)
+    try:  # A missing file or TFDS builder, or a bad row: one line, before any model is built.
+        registry.check_data(eval_tasks)
+    except sources.DataError as err:
+        raise ConfigError(str(err)) from err
     return Setup(files, train_task, eval_tasks, make_mesh(config) if mesh is None else mesh)
 
 
