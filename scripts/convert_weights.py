@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # The repository root, for `sharpt_jax`.
 
-from sharpt_jax import hf  # noqa: E402
+from sharpt_jax import hf_weights  # noqa: E402
 
 # The weights files of the formats hf reads and of TensorFlow; none is copied.
 WEIGHT_SUFFIXES = (".safetensors", ".msgpack", ".bin", ".h5", ".index.json")
@@ -30,20 +30,22 @@ def convert(src: str, dst: Path) -> Path:
     """Writes `dst`/model.safetensors from the weights of `src` (a folder or hub id) and copies its other files;
     returns the file written. CheckpointError for a folder without weights, or with weights already in
     safetensors, and when `dst` already holds model.safetensors."""
-    folder = hf.resolve_folder(src)
-    kind, files = hf.weight_files(folder)
+    folder = hf_weights.resolve_folder(src)
+    kind, files = hf_weights.weight_files(folder)
     if kind == "safetensors":
-        raise hf.CheckpointError(f"{folder}: its weights are safetensors already ({files[0].name}); use it as it is")
+        raise hf_weights.CheckpointError(
+            f"{folder}: its weights are safetensors already ({files[0].name}); use it as it is"
+        )
     out = dst / "model.safetensors"
     if out.exists():
-        raise hf.CheckpointError(f"{out} exists; give an empty DST_DIR")
-    weights, source = hf.read_weights(folder)
+        raise hf_weights.CheckpointError(f"{out} exists; give an empty DST_DIR")
+    weights, source = hf_weights.read_weights(folder)
     dst.mkdir(parents=True, exist_ok=True)
     for path in sorted(folder.iterdir()):
         if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES):
             shutil.copy2(path, dst / path.name)
     tmp = out.with_name(out.name + ".tmp")
-    hf.write_safetensors(weights, tmp)
+    hf_weights.write_safetensors(weights, tmp)
     os.replace(tmp, out)
     print(f"{out}: {len(weights)} tensors from {source}")
     return out
@@ -58,7 +60,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         convert(args.src, args.dst)
-    except hf.CheckpointError as err:
+    except hf_weights.CheckpointError as err:
         sys.exit(f"error: {err}")
 
 

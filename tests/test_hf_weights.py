@@ -23,7 +23,7 @@ from flax import nnx, serialization, traverse_util
 from safetensors.numpy import load_file
 
 from scripts import convert_weights
-from sharpt_jax import hf
+from sharpt_jax import hf, hf_weights
 
 REPO = Path(__file__).resolve().parents[1]
 CONVERT = REPO / "scripts" / "convert_weights.py"
@@ -89,7 +89,7 @@ def folders(tmp_path_factory):
 def test_three_formats_load_to_the_same_parameters(folders):
     model, formats = folders
     loaded = {kind: params(hf.load_t5(folder)) for kind, folder in formats.items()}
-    assert {kind: hf.weight_files(folder)[0] for kind, folder in formats.items()} == {k: k for k in formats}
+    assert {kind: hf_weights.weight_files(folder)[0] for kind, folder in formats.items()} == {k: k for k in formats}
     reference = loaded["safetensors"]
     assert np.array_equal(reference[("lm_head", "kernel")], model.lm_head.weight.detach().numpy().T)
     for kind in ("msgpack", "torch"):
@@ -123,11 +123,11 @@ def test_safetensors_is_preferred_then_msgpack(folders, tmp_path):
     for folder in formats.values():
         for file in folder.iterdir():
             (every / file.name).write_bytes(file.read_bytes())
-    assert hf.weight_files(every) == ("safetensors", [every / "model.safetensors"])
+    assert hf_weights.weight_files(every) == ("safetensors", [every / "model.safetensors"])
     (every / "model.safetensors").unlink()
-    assert hf.weight_files(every) == ("msgpack", [every / "flax_model.msgpack"])
+    assert hf_weights.weight_files(every) == ("msgpack", [every / "flax_model.msgpack"])
     (every / "flax_model.msgpack").unlink()
-    assert hf.weight_files(every) == ("torch", [every / "pytorch_model.bin"])
+    assert hf_weights.weight_files(every) == ("torch", [every / "pytorch_model.bin"])
 
 
 def test_missing_torch_is_one_line_naming_the_fix(folders):

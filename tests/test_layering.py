@@ -18,6 +18,7 @@ LAYERS = (
     (
         "library",
         (
+            "sharpt_jax.hf_weights",
             "sharpt_jax.hf",
             "sharpt_jax.sharding",
             "sharpt_jax.storage",
