@@ -251,8 +251,8 @@ def prepare_tfds(names: Sequence[str] | None, data_dir: str | None, dry_run: boo
 
     folder = Path(data_dir).expanduser() if data_dir else sources.tfds_data_dir()
     for name in tfds_builders(names):
-        target = folder / name.replace(":", "/")
-        if (target / "dataset_info.json").is_file():
+        target = sources.tfds_folder(name, folder)
+        if sources.tfds_prepared(name, folder):
             print(f"{name}: prepared in {target}")
             continue
         if dry_run:

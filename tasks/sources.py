@@ -115,13 +115,15 @@ def tfds_data_dir() -> Path:
     return Path(tfds.core.constants.DATA_DIR).expanduser()
 
 
-def tfds_prepared(tfds_name: str) -> Path | None:
-    """The folder of the pinned builder "glue/rte:2.0.0" under `tfds_data_dir()` when it is prepared, else None.
+def tfds_folder(tfds_name: str, data_dir: Path | None = None) -> Path:
+    """The folder of the pinned builder "glue/rte:2.0.0" under `data_dir` (default `tfds_data_dir()`)."""
+    return (data_dir or tfds_data_dir()) / tfds_name.replace(":", "/")
 
-    Looks for the `dataset_info.json` that `download_and_prepare` writes last, without building the builder (which
-    would log a warning for every builder that is not prepared)."""
-    name, version = tfds_name.split(":")
-    folder = tfds_data_dir() / name / version
+
+def tfds_prepared(tfds_name: str, data_dir: Path | None = None) -> Path | None:
+    """`tfds_folder` when the builder is prepared there, else None: looks for the `dataset_info.json` of a finished
+    `download_and_prepare`, without building the builder (which logs a warning for each one not prepared)."""
+    folder = tfds_folder(tfds_name, data_dir)
     return folder if (folder / "dataset_info.json").is_file() else None
 
 
