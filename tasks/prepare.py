@@ -263,9 +263,10 @@ def prepare_tfds(names: Sequence[str] | None, data_dir: str | None, dry_run: boo
         except ModuleNotFoundError as err:
             raise PrepareError(f"{name}: TFDS needs the Python package {err.name} (pip install {err.name})") from err
         except Exception as err:  # Offline, a moved URL, a full disk: one line naming the builder.
+            reason = (str(err).splitlines() or [""])[0][:300]
             raise PrepareError(
-                f"{name}: download_and_prepare failed ({type(err).__name__}: {str(err).splitlines()[0][:300]}); "
-                "this needs network access to the dataset's host"
+                f"{name}: download_and_prepare failed ({type(err).__name__}: {reason}); this needs network access "
+                "to the dataset's host"
             ) from err
         print(f"{name}: prepared in {target}")
     if folder != sources.tfds_data_dir():

@@ -305,6 +305,7 @@ def test_check_command_lists_every_task_and_exits_1_when_one_is_missing(data_dir
         "at column 2)"
     )
     assert lines["cb"].startswith("MISSING: cb: no rows for split 'validation': no file")
+    assert [n for n, line in lines.items() if not line.startswith("ok: ")] == ["rte", "cb"]  # The samples are valid.
     assert lines["wic"] == (
         f"ok: train <- {data_dir}/wic/train.jsonl (4 rows); validation <- {data_dir}/wic/validation.jsonl (4 rows)"
     )
