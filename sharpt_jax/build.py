@@ -21,12 +21,12 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 import tasks
-from sharpt_jax import checkpoints, data, errors, hf, optim, scoring, sharding
+from sharpt_jax import checkpoints, data, errors, hf, hf_weights, optim, scoring, sharding
 from sharpt_jax.errors import ConfigError
 from sharpt_jax.models import methods
 from sharpt_jax.models.sharpt import SharPT
 from sharpt_jax.models.t5 import T5, T5Config
-from tasks import mixtures, registry
+from tasks import mixtures, registry, sources
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 RANDOM_T5 = "random"
@@ -171,8 +171,9 @@ def resolve_files(config: ml_collections.ConfigDict) -> Files:
 # ---------------------------------------------------------------------------------------------
 
 
-def configure_tasks(config: ml_collections.ConfigDict, files: Files) -> tuple[str, list[str]]:
-    """Points every task at the config's data and vocabularies; returns (train task or mixture, eval tasks).
+def configure_tasks(config: ml_collections.ConfigDict, files: Files | None) -> tuple[str, list[str]]:
+    """Points every task at the config's data and vocabularies (none with `files=None`: enough to check the data
+    before any model folder is resolved); returns (train task or mixture, eval tasks).
 
     `config.task` is a task or mixture without the "sharpt_" prefix, or a comma-separated list of tasks, which
     becomes the mixture `sharpt_mix_<a>+<b>+...` mixed like the registered ones. The eval tasks are the task
@@ -180,8 +181,8 @@ def configure_tasks(config: ml_collections.ConfigDict, files: Files) -> tuple[st
     """
     tasks.configure(
         data_dir=config.data_dir or None,
-        t5_vocab=files.t5_vocab,
-        encoder_vocab=files.encoder_vocab,
+        t5_vocab=files and files.t5_vocab,
+        encoder_vocab=files and files.encoder_vocab,
         mixture_cap=config.mixture_cap,
     )
     names = train_task_names(config)
@@ -229,6 +230,10 @@ def prepare(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = 
     """Checks the config, resolves its files, points the tasks at them and makes the mesh (the config's, unless
     `mesh` is given): the preamble of training, evaluation, export and the experiments."""
     check_config(config)
+    try:  # A missing file or TFDS builder, or a bad row: one line, before any model is downloaded or built.
+        registry.check_data(configure_tasks(config, files=None)[1])
+    except sources.DataError as err:
+        raise ConfigError(str(err)) from err
     files = resolve_files(config)
     train_task, eval_tasks = configure_tasks(config, files)
     return Setup(files, train_task, eval_tasks, make_mesh(config) if mesh is None else mesh)
@@ -316,7 +321,7 @@ def build_model(config: ml_collections.ConfigDict, files: Files, mesh: jax.shard
             t5_identity = {
                 "path": str(files.t5_folder),
                 "checksum": checkpoints.folder_checksum(files.t5_folder),
-                **hf.hub_reference(config.t5, files.t5_folder),  # A hub model: its id and commit, to share.
+                **hf_weights.hub_reference(config.t5, files.t5_folder),  # A hub model: its id and commit, to share.
             }
         encoder = (
             hf.load_encoder(files.encoder_folder, config.encoder_pooling, dtype=dtype, mesh=mesh)
@@ -330,7 +335,7 @@ def build_model(config: ml_collections.ConfigDict, files: Files, mesh: jax.shard
         "encoder": {
             "path": str(files.encoder_folder),
             "checksum": checkpoints.folder_checksum(files.encoder_folder),
-            **hf.hub_reference(config.encoder, files.encoder_folder),
+            **hf_weights.hub_reference(config.encoder, files.encoder_folder),
         },
     }
     model = SharPT(

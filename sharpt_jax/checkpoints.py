@@ -26,8 +26,8 @@ import jax
 import orbax.checkpoint as ocp
 
 PARAMS, RESUME, METADATA = "params", "resume", "metadata"
-# The files that define a Hugging Face model: its config and weights (sharded or not, safetensors or torch).
-MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
+# The files that define a Hugging Face model: its config and weights (safetensors, Flax msgpack or torch).
+MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "flax_model*.msgpack", "pytorch_model*.bin")
 _CHUNK = 1 << 20
 
 

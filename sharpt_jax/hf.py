@@ -1,11 +1,10 @@
 """Hugging Face model folders -> NNX modules.
 
-A folder (or a hub id, when the network allows) holds `config.json` and the weights as
-`model.safetensors` (possibly sharded, with `model.safetensors.index.json`) or, only when nothing
-else exists, `pytorch_model.bin` (read through torch). Each loader maps Hugging Face parameter
-names onto our NNX parameter paths (a stacked layer parameter onto one tensor per layer); every model
-parameter must be set from checkpoint tensors of the right shape and every checkpoint tensor must be
-used, otherwise `CheckpointError` names the file and the parameter.
+`sharpt_jax.hf_weights` reads a folder's weights (safetensors, Flax msgpack or PyTorch, in that order of
+preference; hub ids, HF_HOME and offline use; why T5X checkpoints are not read) under Hugging Face's PyTorch names
+and layouts. Each loader here maps those names onto our NNX parameter paths (a stacked layer parameter onto one
+tensor per layer); every model parameter must be set from checkpoint tensors of the right shape and every
+checkpoint tensor must be used, otherwise `CheckpointError` names the file and the parameter.
 
 Loading never holds a model twice: the module is built abstractly (`nnx.eval_shape`), every name and
 shape is checked from the safetensors headers alone, then each parameter is read (plain file reads)
@@ -16,11 +15,9 @@ the placed weights included (`bench/load_memory.py`).
 
 import dataclasses
 import functools
-import json
 import os
 import re
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -28,142 +25,8 @@ import numpy as np
 from flax import nnx
 
 from sharpt_jax import sharding
+from sharpt_jax.hf_weights import CheckpointError, read_config, read_weights, resolve_folder
 from sharpt_jax.models import encoder, t5
-
-
-class CheckpointError(ValueError):
-    """A Hugging Face folder that cannot be turned into our model, with the reason and the file."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading a folder.
-# ---------------------------------------------------------------------------------------------
-
-# What a download fetches: config, weights, and the vocabulary files the input pipeline reads.
-_MODEL_PATTERNS = [
-    "config.json",
-    "*.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "spiece.model",
-    "vocab.txt",
-]
-
-
-def resolve_folder(path: str | os.PathLike, revision: str | None = None) -> Path:
-    """Returns a local folder for `path`: the folder itself, or a hub snapshot of a model id (at `revision`, a
-    commit hash, branch or tag; default the main branch). Offline (HF_HUB_OFFLINE=1), a snapshot already in the
-    hub cache is found without the network."""
-    local = Path(path).expanduser()
-    if local.is_dir():
-        return local
-    if local.exists() or str(path).startswith((".", "/", "~")):
-        raise CheckpointError(f"{path}: not a model folder (expected a directory holding config.json)")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(path), revision=revision, allow_patterns=_MODEL_PATTERNS))
-    except Exception as err:  # Offline, unknown id, or no access: one clear message.
-        raise CheckpointError(
-            f"{path}: no local folder of that name and the hub download failed ({type(err).__name__}: "
-            f"{err}). Offline, download the model once elsewhere (huggingface-cli download {path} "
-            f"--local-dir DIR) and pass DIR instead."
-        ) from err
-
-
-def hub_reference(path: str | os.PathLike, folder: Path) -> dict:
-    """{"hub_id": path, "revision": commit hash} when `resolve_folder(path)` found the hub model `path` as
-    `folder` (a hub cache snapshot, named by its commit); {} when `path` is a local folder, which stays a path."""
-    if Path(path).expanduser().is_dir():
-        return {}
-    return {"hub_id": str(path), "revision": folder.name}
-
-
-def read_config(folder: Path) -> dict:
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"{config_file}: missing (every model folder needs its config.json)")
-    return json.loads(config_file.read_text())
-
-
-@dataclasses.dataclass(frozen=True)
-class SafetensorsTensor:
-    """One tensor of a .safetensors file, read only when asked (`np.asarray(tensor)`): a large checkpoint is never
-    held in host memory at once, and plain reads (no memory map) leave no file pages in the process."""
-
-    file: Path
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    offset: int  # Of the tensor's first byte in the file.
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        count = int(np.prod(self.shape))
-        array = np.fromfile(self.file, dtype=self.dtype, count=count, offset=self.offset).reshape(self.shape)
-        return array if dtype is None else array.astype(dtype)
-
-
-# The safetensors format's dtype names; ml_dtypes' bfloat16 (jnp.bfloat16) keeps bfloat16 tensors bfloat16.
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": jnp.bfloat16,
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
-}
-
-
-def safetensors_index(file: Path) -> dict[str, SafetensorsTensor]:
-    """{name: SafetensorsTensor} from the file's header: an 8-byte little-endian header size, a JSON header of
-    {name: {"dtype", "shape", "data_offsets": [begin, end]}} and the data, offsets counted from its start."""
-    with open(file, "rb") as f:
-        header_size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_size))
-    header.pop("__metadata__", None)
-    tensors = {}
-    for name, info in header.items():
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise CheckpointError(f"{file}: tensor {name!r} has dtype {info['dtype']}, which we do not read")
-        tensors[name] = SafetensorsTensor(
-            file,
-            np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]),
-            tuple(info["shape"]),
-            8 + header_size + info["data_offsets"][0],
-        )
-    return tensors
-
-
-def read_weights(folder: Path) -> tuple[dict[str, SafetensorsTensor | np.ndarray], str]:
-    """Returns ({hf_name: tensor}, description of the file(s) read). Safetensors tensors are read when used
-    (`np.asarray`); a PyTorch pickle, the fallback, is read whole. bfloat16 stays bfloat16."""
-    index = folder / "model.safetensors.index.json"
-    single = folder / "model.safetensors"
-    if single.is_file() or index.is_file():
-        files = (
-            [single]
-            if single.is_file()
-            else sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
-        )
-        weights = {}
-        for file in files:
-            weights.update(safetensors_index(file))
-        return weights, ", ".join(str(f) for f in files)
-    bin_file = folder / "pytorch_model.bin"
-    if bin_file.is_file():
-        import torch  # Only for checkpoints that exist solely as a PyTorch pickle.
-
-        state = torch.load(bin_file, map_location="cpu", weights_only=True)
-        return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in state.items()}, str(
-            bin_file
-        )
-    raise CheckpointError(
-        f"{folder}: no weights (looked for model.safetensors, model.safetensors.index.json and pytorch_model.bin)"
-    )
-
 
 # ---------------------------------------------------------------------------------------------
 # Assigning checkpoint tensors to NNX parameters.

@@ -1,7 +1,18 @@
-"""Turns the public release files of CxC and CR (neither is in TFDS) into the project's data folder.
+"""Prepares the rows of every task: the pinned TFDS builders, and the data folder's CxC and CR files.
 
+    python -m tasks.prepare tfds [--tasks rte wic ...] [--data_dir TFDS_DIR] [--dry_run]
     python -m tasks.prepare cxc --src sts_val.csv sts_test.csv dataset_coco.json --out DATA_DIR
     python -m tasks.prepare cr --src SentEval-CR/ --out DATA_DIR
+    python -m tasks.prepare check [--tasks rte cxc ...] [--data_dir DATA_DIR]
+
+`tfds` downloads and prepares the pinned builders of the tasks (all TFDS-backed tasks by default; this needs
+network access) into TFDS's data folder ($TFDS_DATA_DIR, else ~/tensorflow_datasets), where runs read them; a
+builder already prepared is skipped, and `--dry_run` lists the builders and whether each is prepared. `check`
+lists, per task, where each official split's rows come from (a data file, with its rows checked, or a
+prepared TFDS builder) or what is missing and the command that prepares it; its exit status is 0 when every
+task can be read, else 1. Runs make the same check for their tasks before building models.
+
+CxC and CR are in no TFDS release: `cxc` and `cr` turn their public release files into the data folder.
 
 `--src` takes files and/or folders (folders are searched recursively). What it writes, one JSON object per
 line, is the canonical raw schema that `tasks.configure(data_dir=DATA_DIR)` reads:
@@ -208,21 +219,114 @@ def prepare_cr(srcs: Iterable[str | os.PathLike], out: str | os.PathLike) -> dic
 # Command line.
 # ---------------------------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------------------------
+# TFDS builders, and what a run can read.
+# ---------------------------------------------------------------------------------------------
+
+
+def _task_names(names: Sequence[str] | None) -> list[str]:
+    """The registered tasks named (all when None); PrepareError for an unknown name."""
+    import tasks  # Registers the tasks (TensorFlow, seqio): only the subcommands that read them pay for it.
+
+    unknown = [n for n in names or () if n not in tasks.names()]
+    if unknown:
+        raise PrepareError(f"unknown task {', '.join(unknown)}; tasks are {', '.join(tasks.names())}")
+    return list(names or tasks.names())
+
+
+def tfds_builders(names: Sequence[str] | None = None) -> list[str]:
+    """The pinned TFDS builders ("glue/rte:2.0.0") of the tasks `names` (all when None), each once, in task order."""
+    from tasks import registry
+
+    builders = [b for name in _task_names(names) for b in registry.raw_data(name).tfds_names]
+    return list(dict.fromkeys(builders))
+
+
+def prepare_tfds(names: Sequence[str] | None, data_dir: str | None, dry_run: bool) -> None:
+    """Downloads and prepares the builders of `names` into `data_dir` (TFDS's own folder when None), printing one
+    line per builder; a builder already prepared there is skipped. PrepareError at the first that fails."""
+    import tensorflow_datasets as tfds
+
+    from tasks import sources
+
+    folder = Path(data_dir).expanduser() if data_dir else sources.tfds_data_dir()
+    for name in tfds_builders(names):
+        target = sources.tfds_folder(name, folder)
+        if sources.tfds_prepared(name, folder):
+            print(f"{name}: prepared in {target}")
+            continue
+        if dry_run:
+            print(f"{name}: to prepare into {target}")
+            continue
+        try:
+            tfds.builder(name, data_dir=folder).download_and_prepare()
+        except ModuleNotFoundError as err:
+            raise PrepareError(f"{name}: TFDS needs the Python package {err.name} (pip install {err.name})") from err
+        except Exception as err:  # Offline, a moved URL, a full disk: one line naming the builder.
+            reason = (str(err).splitlines() or [""])[0][:300]
+            raise PrepareError(
+                f"{name}: download_and_prepare failed ({type(err).__name__}: {reason}); this needs network access "
+                "to the dataset's host"
+            ) from err
+        print(f"{name}: prepared in {target}")
+    if folder != sources.tfds_data_dir():
+        print(f"runs read TFDS from {sources.tfds_data_dir()}: set TFDS_DATA_DIR={folder} for them to read these")
+
+
+def check(names: Sequence[str] | None, data_dir: str | None) -> bool:
+    """Prints, per task, where its rows come from or what is missing; returns whether every task can be read."""
+    from tasks import registry, sources
+
+    registry.configure(data_dir=data_dir)
+    ok = True
+    for name in _task_names(names):
+        try:
+            origins = registry.check_data([name])[name]
+            print(f"{name}: ok: " + "; ".join(f"{split} <- {where}" for split, where in origins.items()))
+        except sources.DataError as err:
+            print(f"{name}: MISSING: {err}")
+            ok = False
+    return ok
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------------------------
+
 _PREPARE = {"cxc": prepare_cxc, "cr": prepare_cr}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tasks.prepare", description=__doc__.split("\n")[0])
-    parser.add_argument("name", choices=sorted(_PREPARE), help="the data set to prepare")
-    parser.add_argument("--src", nargs="+", required=True, help="release files and/or folders holding them")
-    parser.add_argument("--out", required=True, help="the data folder (tasks.configure's data_dir)")
-    args = parser.parse_args(argv)
+    commands = parser.add_subparsers(dest="command", required=True)
+    tfds_cmd = commands.add_parser("tfds", help="download and prepare the pinned TFDS builders (needs network)")
+    tfds_cmd.add_argument("--tasks", nargs="+", help="only these tasks' builders (default: every task's)")
+    tfds_cmd.add_argument(
+        "--data_dir", help="TFDS folder to prepare into (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"
+    )
+    tfds_cmd.add_argument("--dry_run", action="store_true", help="list the builders and whether each is prepared")
+    check_cmd = commands.add_parser("check", help="list where each task's rows come from; exit 1 if any is missing")
+    check_cmd.add_argument("--tasks", nargs="+", help="only these tasks (default: every task)")
+    check_cmd.add_argument("--data_dir", help="the data folder of <task>/<split>.jsonl files (--config.data_dir)")
+    for name in _PREPARE:
+        command = commands.add_parser(name, help=f"write DATA_DIR/{name}/*.jsonl from the release files")
+        command.add_argument("--src", nargs="+", required=True, help="release files and/or folders holding them")
+        command.add_argument("--out", required=True, help="the data folder (--config.data_dir)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     try:
-        counts = _PREPARE[args.name](args.src, args.out)
+        if args.command == "tfds":
+            prepare_tfds(args.tasks, args.data_dir, args.dry_run)
+        elif args.command == "check":
+            sys.exit(0 if check(args.tasks, args.data_dir) else 1)
+        else:
+            for split, count in _PREPARE[args.command](args.src, args.out).items():
+                print(f"{Path(args.out) / args.command / split}.jsonl: {count} rows")
     except PrepareError as err:
-        sys.exit(f"tasks.prepare {args.name}: {err}")
-    for split, count in counts.items():
-        print(f"{Path(args.out) / args.name / split}.jsonl: {count} rows")
+        sys.exit(f"tasks.prepare {args.command}: {err}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ network, and `configure` applies to every task already registered.
 """
 
 import dataclasses
+from collections.abc import Iterable
 
 import seqio
 
@@ -175,6 +176,23 @@ def _source(name: str) -> sources.ProtocolSource:
     if name not in _FAMILIES:
         raise KeyError(f"unknown task {name!r}; tasks are {names()}")
     return seqio.TaskRegistry.get(PREFIX + name).source
+
+
+def check_data(task_names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """{task: {official split: where its rows come from (`sources.split_origin`)}} for the paper's tasks among
+    `task_names` (short or seqio names; other tasks, such as the skills world's, make their rows).
+
+    Every row of every data file is checked on the way, once per version of the file. Raises
+    `sources.DataError` at the first split that cannot be read, naming the file and line of a bad row, or the
+    missing file or TFDS builder and the command that prepares it. Runs call it before building models.
+    """
+    origins = {}
+    for name in task_names:
+        name = name.removeprefix(PREFIX)
+        if name in _FAMILIES:
+            raw = raw_data(name)
+            origins[name] = {s: sources.split_origin(raw, s, SETTINGS.data_dir) for s in raw.official_splits}
+    return origins
 
 
 def label_names(name: str) -> tuple[str, ...] | None:

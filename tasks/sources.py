@@ -20,7 +20,8 @@ permutation of `range(num_rows)` by `np.random.default_rng(42)` picks positions,
 positions filters a single streaming pass, so nothing but the mask (one byte per row: 1 MB for DocNLI's 942K
 rows) is held in memory, the sizes are exact and every host picks the same rows. The price is that files are
 never read in shuffled order; TFDS writes its examples already shuffled at preparation, and seqio's example
-shuffle buffer mixes the rest. Row counts come from TFDS metadata or from one pass over the file.
+shuffle buffer mixes the rest. Row counts come from TFDS metadata or from one pass over the file, which also
+checks every row (`split_origin`), so a bad row ends a run with `DataError` "PATH:LINE: ..." before training.
 
 Rows of the validation and test splits whose label is hidden (label -1, or no gold answer) are dropped, so
 they never reach a metric. Every row also carries `is_train` (true only in the train split) for the few
@@ -48,6 +49,11 @@ SPLIT_PROTOCOL = (
 SMALL_TRAIN = 10_000  # Below this many training rows, the official held-out split is halved.
 VALIDATION_FROM_TRAIN = 1_000
 SPLITS = ("train", "validation", "test")
+# The command that writes the data folder of each task that is in no TFDS release (tasks/prepare.py).
+PREPARE_COMMANDS = {
+    "cxc": "python -m tasks.prepare cxc --src sts_val.csv sts_test.csv dataset_coco.json --out DATA_DIR",
+    "cr": "python -m tasks.prepare cr --src SentEval-CR/ --out DATA_DIR",
+}
 
 Features = Mapping[str, "tf.TensorSpec | Features"]
 
@@ -99,16 +105,41 @@ def _data_file(data_dir: str | None, name: str, split: str) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def _missing(raw: RawData, split: str, data_dir: str | None) -> FileNotFoundError:
+class DataError(ValueError):
+    """A task's rows that cannot be read: a missing file or TFDS builder, or a malformed row (one line that names
+    the file and line, or what to run)."""
+
+
+def tfds_data_dir() -> Path:
+    """Where TFDS reads and writes prepared builders: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+    return Path(tfds.core.constants.DATA_DIR).expanduser()
+
+
+def tfds_folder(tfds_name: str, data_dir: Path | None = None) -> Path:
+    """The folder of the pinned builder "glue/rte:2.0.0" under `data_dir` (default `tfds_data_dir()`)."""
+    return (data_dir or tfds_data_dir()) / tfds_name.replace(":", "/")
+
+
+def tfds_prepared(tfds_name: str, data_dir: Path | None = None) -> Path | None:
+    """`tfds_folder` when the builder is prepared there, else None: looks for the `dataset_info.json` of a finished
+    `download_and_prepare`, without building the builder (which logs a warning for each one not prepared)."""
+    folder = tfds_folder(tfds_name, data_dir)
+    return folder if (folder / "dataset_info.json").is_file() else None
+
+
+def _missing(raw: RawData, split: str, data_dir: str | None) -> DataError:
     where = Path(data_dir or "<data_dir>", raw.name, f"{split}.jsonl")
     if raw.tfds_names:
-        how = f"TFDS {' and '.join(raw.tfds_names)} is not prepared either (tfds build, or write that file)"
-    else:
-        how = (
-            f"{raw.name} is not in TFDS: write it with `python -m tasks.prepare {raw.name} --src ... "
-            f"--out DATA_DIR` and call tasks.configure(data_dir=DATA_DIR)"
+        missing = [n for n in raw.tfds_names if tfds_prepared(n) is None] or list(raw.tfds_names)
+        return DataError(
+            f"{raw.name}: no rows for split {split!r}: no file {where}, and TFDS {' and '.join(missing)} is not "
+            f"prepared in {tfds_data_dir()} ($TFDS_DATA_DIR); run `python -m tasks.prepare tfds --tasks {raw.name}` "
+            "on a machine with network access"
         )
-    return FileNotFoundError(f"{raw.name}: no data file {where}; {how}")
+    return DataError(
+        f"{raw.name}: no file {where} ({raw.name} is not in TFDS); write it with "
+        f"`{PREPARE_COMMANDS[raw.name]}` and run with --config.data_dir=DATA_DIR"
+    )
 
 
 _CHUNK = 1024  # Rows parsed per Python call; tf.data unbatches them.
@@ -195,6 +226,19 @@ def _read_tfds(raw: RawData, split: str, data_dir: str | None) -> tf.data.Datase
     return ds.map(functools.partial(_conform, features=raw.features), num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def split_origin(raw: RawData, split: str, data_dir: str | None) -> str:
+    """Where official split `split` of `raw` is read from: "PATH (N rows)" for a data file, after checking its
+    every row, else "TFDS <builder> (<folder>)" for prepared builders; DataError (the missing file or builder and
+    the command that prepares it, or the file and line of a bad row) when it cannot be read."""
+    path = _data_file(data_dir, raw.name, split)
+    if path is not None:
+        return f"{path} ({_file_rows(path, raw)} rows)"
+    folders = [tfds_prepared(name) for name in raw.tfds_names]
+    if not folders or None in folders:
+        raise _missing(raw, split, data_dir)
+    return "TFDS " + " + ".join(f"{name} ({folder})" for name, folder in zip(raw.tfds_names, folders, strict=True))
+
+
 def read_split(raw: RawData, split: str, data_dir: str | None) -> tf.data.Dataset:
     """The rows of official split `split` in canonical order, holding the fields of `raw.features`."""
     path = _data_file(data_dir, raw.name, split)
@@ -216,19 +260,98 @@ def rows_dataset(rows_fn: Callable[[], Sequence[Mapping]], features: Features) -
     return ds.map(lambda ex: {**ex, "is_train": tf.constant(False)})
 
 
+_JSON_TYPES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true/false",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def _json_type(value) -> str:
+    return _JSON_TYPES.get(type(value), "null")
+
+
+def _value_problem(value, spec: "tf.TensorSpec | Features", field: str, rank: int | None = None) -> str | None:
+    """Why `value` (parsed JSON) cannot be read as `spec` (lists nest `rank` deep), or None when it can."""
+    if isinstance(spec, Mapping):
+        if not isinstance(value, dict):
+            return f"field {field!r} is {_json_type(value)}, expected an object"
+        return _row_problem(value, spec, f"{field}.")
+    rank = spec.shape.rank if rank is None else rank
+    if rank:
+        if not isinstance(value, list):
+            return f"field {field!r} is {_json_type(value)}, expected a list"
+        return next(filter(None, (_value_problem(v, spec, field, rank - 1) for v in value)), None)
+    if spec.dtype == tf.string:
+        ok, expected = isinstance(value, str), "a string"
+    elif spec.dtype.is_floating:
+        ok, expected = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    else:
+        ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    return None if ok else f"field {field!r} is {_json_type(value)} ({json.dumps(value)[:40]}), expected {expected}"
+
+
+def _row_problem(row: dict, features: Features, prefix: str = "") -> str | None:
+    for key, spec in features.items():
+        if key not in row:
+            return f"field {prefix + key!r} missing"
+        problem = _value_problem(row[key], spec, prefix + key)
+        if problem:
+            return problem
+    return None
+
+
 @functools.cache
-def _count_file(path: str, mtime_ns: int, size: int) -> int:
-    del mtime_ns, size  # Cache keys only: a rewritten file is counted again.
+def _scan_file(path: str, raw: RawData, mtime_ns: int, size: int) -> int:
+    """The number of rows of a data file of `raw`, each checked against `raw.features` in one streaming pass;
+    DataError "PATH:LINE: what is wrong" at the first bad row. Blank lines are skipped, as the reader skips them."""
+    del mtime_ns, size  # Cache keys only: a rewritten file is scanned again.
+    rows = 0
     with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
+        for number, line in enumerate(f, 1):
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{path}:{number}: not UTF-8 text (byte {line[err.start]:#04x} at column {err.start + 1})"
+                ) from err
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text.rstrip("\r\n"))  # Positions then count within the line.
+            except json.JSONDecodeError as err:
+                # json's "Invalid control character at" already ends in "at".
+                reason = err.msg.removesuffix(" at")
+                raise DataError(f"{path}:{number}: not valid JSON ({reason} at column {err.pos + 1})") from err
+            problem = (
+                _row_problem(row, raw.features)
+                if isinstance(row, dict)
+                else f"{_json_type(row)}, expected a JSON object (one row per line)"
+            )
+            if problem:
+                raise DataError(f"{path}:{number}: {problem}")
+            rows += 1
+    if not rows:
+        raise DataError(f"{path}: no rows (an empty file)")
+    return rows
+
+
+def _file_rows(path: Path, raw: RawData) -> int:
+    stat = os.stat(path)
+    return _scan_file(str(path), raw, stat.st_mtime_ns, stat.st_size)
 
 
 def count_rows(raw: RawData, split: str, data_dir: str | None) -> int:
-    """Number of rows of official split `split` (file lines, TFDS metadata, or one pass when it has none)."""
+    """Number of rows of official split `split` (file lines, TFDS metadata, or one pass when it has none).
+
+    A data file's rows are all checked as they are counted (`_scan_file`, once per version of the file), so a bad
+    row ends a run with DataError before any tf.data pipeline reads it."""
     path = _data_file(data_dir, raw.name, split)
     if path is not None:
-        stat = os.stat(path)
-        return _count_file(str(path), stat.st_mtime_ns, stat.st_size)
+        return _file_rows(path, raw)
     if not raw.tfds_names:
         raise _missing(raw, split, data_dir)
     try:

@@ -19,6 +19,7 @@ LAYERS = (
         "library",
         (
             "sharpt_jax.errors",
+            "sharpt_jax.hf_weights",
             "sharpt_jax.hf",
             "sharpt_jax.sharding",
             "sharpt_jax.storage",

@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
-from sharpt_jax import hf, sharding
+from sharpt_jax import hf, hf_weights, sharding
 from sharpt_jax.models import t5
 
 # name -> (feed_forward_proj, untied lm_head). 'v1.1-tied' is what transformers 5 builds from a v1.1 config:
@@ -453,7 +453,7 @@ def test_safetensors_reader_matches_the_safetensors_library(tmp_path):
         "c.i64": torch.arange(7),
     }
     torch_save_file(tensors, tmp_path / "model.safetensors")
-    ours = hf.safetensors_index(tmp_path / "model.safetensors")
+    ours = hf_weights.safetensors_index(tmp_path / "model.safetensors")
     reference = torch_load_file(tmp_path / "model.safetensors")
     assert ours.keys() == reference.keys()
     for name, tensor in reference.items():

