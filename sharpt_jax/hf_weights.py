@@ -51,10 +51,11 @@ _MODEL_PATTERNS = [
 def resolve_folder(path: str | os.PathLike, revision: str | None = None) -> Path:
     """Returns a local folder for `path`: the folder itself, or a hub snapshot of a model id (at `revision`, a
     commit hash, branch or tag; default the main branch; offline, HF_HUB_OFFLINE=1, a snapshot already in the hub
-    cache is found without the network). Its weights must be readable here (`weight_files`), so a missing torch is
-    reported before any model is built."""
+    cache is found without the network). Its config and weights must be readable here (`read_config`,
+    `weight_files`), so a missing file or a missing torch is reported before any model is built."""
     local = Path(path).expanduser()
     if local.is_dir():
+        read_config(local)
         weight_files(local)
         return local
     if local.exists() or str(path).startswith((".", "/", "~")):
@@ -70,6 +71,7 @@ def resolve_folder(path: str | os.PathLike, revision: str | None = None) -> Path
             f"download the model once elsewhere with `hf download {path} --local-dir DIR` and pass DIR "
             "instead (or copy Hugging Face's cache, HF_HOME, to this machine)."
         ) from err
+    read_config(folder)
     weight_files(folder)
     return folder
 
