@@ -200,11 +200,11 @@ def configure_tasks(config: ml_collections.ConfigDict, files: Files | None) -> t
 def train_task_names(config: ml_collections.ConfigDict) -> list[str]:
     """The seqio names of `config.task`'s tasks or mixture (a `files:PATH` task registered with `config.files`);
     ConfigError, with the closest names, for an unknown one or a task folder that cannot be used."""
-    known = [n.removeprefix(registry.PREFIX) for n in (*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names())]
     try:  # A `files:PATH` task is registered here (tasks/files.py), so it is known below.
         short = [n.removeprefix(registry.PREFIX) for n in files.resolve(config.task, config.get("files"))]
     except sources.DataError as err:
         raise ConfigError(f"config.task={config.task!r}: {err}") from err
+    known = [n.removeprefix(registry.PREFIX) for n in (*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names())]
     for name in short:
         if name not in known:
             mixture_names = [

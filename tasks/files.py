@@ -225,7 +225,8 @@ def split_files(folder: Path) -> dict[str, Path]:
         if paths:
             found[split] = paths[0]
         elif split != "validation":
-            names = ", ".join(f"{split}{suffix}" for suffix in row_files.FORMATS)
+            *others, last = [f"{split}{suffix}" for suffix in row_files.FORMATS]
+            names = f"{', '.join(others)} or {last}"
             raise DataError(f"{folder}: no {split} file ({names})")
     return found
 
