@@ -375,7 +375,7 @@ def _register(name: str, spec: FileSpec, paths: Mapping[str, Path], record: dict
 def register(path: str, overrides: Mapping | None = None) -> str:
     """Registers the task of folder `path` (settings: its task.json under `overrides`); returns its seqio name.
     Reads only task.json and the folder's listing; DataError for a missing folder or file, or a bad setting."""
-    folder = Path(path).expanduser().absolute()
+    folder = Path(os.path.abspath(Path(path).expanduser()))  # "a/../b" and "./b" name one folder, one task.
     if not folder.is_dir():
         raise DataError(f"{SCHEME}{path}: no folder {folder}")
     spec = load_spec(folder, overrides or {})

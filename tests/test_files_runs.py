@@ -1,6 +1,7 @@
-"""File-backed tasks end to end (slow): the example folder trained (PromptTuning, and SharPT's source stage on a
-mixture of folders), scored, reported, exported and served from rows with only the input field; a changed file
-refused on resume; and a skills-world target written as files training exactly as the registered task."""
+"""File-backed tasks end to end (slow): the example folder trained (PromptTuning, SharPT's source stage on a
+mixture of folders and its target stage on one), scored, reported, exported and served from rows with only the
+input field; a changed file refused on resume; and a skills-world target written as files training exactly as
+the registered task."""
 
 import json
 from pathlib import Path
@@ -67,6 +68,16 @@ def test_example_trains_scores_exports_and_serves(tmp_path):
     train.train(mix, runs / "source")
     best = evaluate.evaluate_checkpoints(mix, runs / "source")
     assert any(key.endswith("/macro_f1") for key in best["test"])
+    target = tiny_config(
+        assets,
+        stage="target",
+        task=f"files:{other}",
+        source_checkpoint=str(runs / "source"),
+        num_train_steps=2,
+        save_every=2,
+    )
+    train.train(target, runs / "topics")
+    assert set(evaluate.evaluate_checkpoints(target, runs / "topics")["test"]) == {"macro_f1", "score"}
     written = paper_report.write(runs, tmp_path / "report")
     assert (tmp_path / "report" / "results.md") in written
 
