@@ -122,8 +122,9 @@ def get_config() -> ml_collections.ConfigDict:
     # sharpt | no_latent | no_source | prompt_tuning | model_tuning (sharpt_jax.models.methods.METHODS).
     c.method = "sharpt"
     c.stage = "source"  # source (Eq. 5: codebook + generator) | target (Eq. 3: generator only).
-    # What to train on: a task or mixture name without the "sharpt_" prefix ("source_high_to_low", "wic"), or a
-    # comma-separated list of tasks, mixed in proportion to their training sizes like the registered mixtures.
+    # What to train on: a task or mixture name without the "sharpt_" prefix ("source_high_to_low", "wic"), a folder
+    # of your own files "files:PATH" (c.files below), or a comma-separated list of tasks ("files:A,files:B,rte"),
+    # mixed in proportion to their training sizes like the registered mixtures.
     c.task = "source_high_to_low"
 
     # -- Models. --
@@ -224,4 +225,15 @@ def get_config() -> ml_collections.ConfigDict:
     # -- Data. --
     c.data_dir = ""  # Folder of <task>/<split>.jsonl files read instead of TFDS (CxC and CR live only here).
     c.mixture_cap = 2**19  # Examples-proportional mixing limit of the source mixtures.
+    # Your own data: the settings of every `files:PATH` task of c.task (tasks/files.py, docs/your_data.md). A value
+    # set here overrides the folder's task.json; an empty one ("", (), 0) leaves task.json's value or the default.
+    c.files = ml_collections.ConfigDict(
+        dict(
+            input="",  # A field name ("sentence") or a template ("premise: {premise} hypothesis: {hypothesis}").
+            target="",  # The field of the answer.
+            labels=(),  # A closed label set ("negative,positive"): rank classification; label indices map to words.
+            metric="",  # exact_match | accuracy | f1 | macro_f1 | token_f1 | pearson | spearman.
+            validation_fraction=0.0,  # Train share carved as validation when there is no validation file (0.1).
+        )
+    )
     return c

@@ -26,7 +26,7 @@ from sharpt_jax.errors import ConfigError
 from sharpt_jax.models import methods
 from sharpt_jax.models.sharpt import SharPT
 from sharpt_jax.models.t5 import T5, T5Config
-from tasks import mixtures, registry, sources
+from tasks import files, mixtures, registry, sources
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 RANDOM_T5 = "random"
@@ -198,10 +198,13 @@ def configure_tasks(config: ml_collections.ConfigDict, files: Files | None) -> t
 
 
 def train_task_names(config: ml_collections.ConfigDict) -> list[str]:
-    """The seqio names of `config.task`'s tasks or mixture; ConfigError, with the closest names, for an unknown
-    one."""
+    """The seqio names of `config.task`'s tasks or mixture (a `files:PATH` task registered with `config.files`);
+    ConfigError, with the closest names, for an unknown one or a task folder that cannot be used."""
+    try:  # A `files:PATH` task is registered here (tasks/files.py), so it is known below.
+        short = [n.removeprefix(registry.PREFIX) for n in files.resolve(config.task, config.get("files"))]
+    except sources.DataError as err:
+        raise ConfigError(f"config.task={config.task!r}: {err}") from err
     known = [n.removeprefix(registry.PREFIX) for n in (*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names())]
-    short = [n.strip().removeprefix(registry.PREFIX) for n in config.task.split(",")]
     for name in short:
         if name not in known:
             mixture_names = [

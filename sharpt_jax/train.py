@@ -47,6 +47,7 @@ from sharpt_jax import (
     workdir_lock,
 )
 from sharpt_jax.models import methods
+from tasks import files
 
 
 class TrainingDiverged(RuntimeError):
@@ -268,6 +269,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         "identity": identity,
         "source": source,
     }
+    if data_files := files.checksums(setup.eval_tasks):  # {path: sha256}: a changed file is refused on resume.
+        run_record["data"] = data_files
     start_step = resume(config, program, ckpts, run_record, setup, workdir)
     if is_main:
         storage.write_text(workdir / "config.json", config.to_json(indent=2) + "\n")
@@ -386,7 +389,14 @@ def loop(config, program: Program, batches, start_step: int, ckpts, run_record, 
 
 
 def check_same_run(saved: dict, current: dict, workdir: Path) -> None:
-    """A workdir resumes only the run it holds: same task, method, data order, models and source."""
+    """A workdir resumes only the run it holds: same task, method, data order, data files, models and source."""
+    old, new = saved.get("data") or {}, current.get("data") or {}  # {path: sha256} of file-backed tasks' files.
+    if changed := [path for path in new if old.get(path) != new[path]]:
+        raise build.ConfigError(
+            f"{workdir}: the data file {changed[0]} changed since the run started (sha256 "
+            f"{old.get(changed[0], 'none')[:12]}, now {new[changed[0]][:12]}); put the original back or use a new "
+            "--workdir"
+        )
     for key, value in current.items():
         if json.loads(json.dumps(saved.get(key))) != json.loads(json.dumps(value)):
             raise build.ConfigError(

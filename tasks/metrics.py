@@ -128,6 +128,19 @@ def spearman_corrcoef(targets: Sequence[float], predictions: Sequence[float]) ->
     return {"spearman_corrcoef": 100 * _pearson(_ranks(t), _ranks(p))}
 
 
+def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> Metrics:
+    """Percent of predictions equal to their target string (file-backed tasks without labels)."""
+    _check_lengths(targets, predictions)
+    return {"exact_match": 100 * float(np.mean([t == p for t, p in zip(targets, predictions, strict=True)]))}
+
+
+def token_f1(targets: Sequence[str], predictions: Sequence[str]) -> Metrics:
+    """Mean token F1 of each prediction against its target, both normalised as SQuAD's script does."""
+    _check_lengths(targets, predictions)
+    scores = [_token_f1(normalize_squad(t), normalize_squad(p)) for t, p in zip(targets, predictions, strict=True)]
+    return {"token_f1": 100 * float(np.mean(scores))}
+
+
 # ---------------------------------------------------------------------------------------------
 # Question answering (SQuAD-style normalisation, as the official SQuAD v1.1 script).
 # ---------------------------------------------------------------------------------------------

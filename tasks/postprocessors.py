@@ -73,6 +73,12 @@ def class_id(output, example=None, is_target=False, *, label_names: Sequence[str
     return label_names.index(text) if text in label_names else INVALID
 
 
+def words(output, example=None, is_target=False) -> str:
+    """Returns the text with its words separated by single spaces (free-text answers of file-backed tasks)."""
+    del example, is_target
+    return " ".join(as_text(output).split())
+
+
 def number(output, example=None, is_target=False) -> float:
     """Returns the float written in the string (STS-B, CxC), or -1 when it is not a finite number."""
     del example, is_target

@@ -15,7 +15,7 @@ network, and `configure` applies to every task already registered.
 """
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import seqio
 
@@ -98,6 +98,8 @@ class Scoring:
     task_eval: TaskEval
     split_protocol: str  # What every results file records about how the task's splits were made.
     row_features: sources.Features  # The raw fields of one row, as serving receives it.
+    # Checks every row of the task's files: {split: where its rows come from} or DataError (file-backed tasks).
+    check_data: Callable[[], dict[str, str]] | None = None
 
 
 _FAMILIES: dict[str, str] = {}  # The paper's tasks (names()), by short name.
@@ -116,10 +118,12 @@ def register(
     task_eval: TaskEval,
     split_protocol: str,
     row_features: sources.Features,
+    check: Callable[[], dict[str, str]] | None = None,
 ) -> seqio.Task:
     """Registers the seqio task `sharpt_<name>`: `source`, `preprocessors` (raw rows -> tokenised features), EOS
-    after trimming, and `task_eval`'s postprocessor and metrics; records how it is scored and served."""
-    _SCORING[seqio_name(name)] = Scoring(task_eval, split_protocol, row_features)
+    after trimming, and `task_eval`'s postprocessor and metrics; records how it is scored and served, and `check`,
+    which `check_data` calls (a task that reads files of its own)."""
+    _SCORING[seqio_name(name)] = Scoring(task_eval, split_protocol, row_features, check)
     return seqio.TaskRegistry.add(
         seqio_name(name),
         source=source,
@@ -180,7 +184,8 @@ def _source(name: str) -> sources.ProtocolSource:
 
 def check_data(task_names: Iterable[str]) -> dict[str, dict[str, str]]:
     """{task: {official split: where its rows come from (`sources.split_origin`)}} for the paper's tasks among
-    `task_names` (short or seqio names; other tasks, such as the skills world's, make their rows).
+    `task_names` (short or seqio names), and {split: ...} of the tasks registered with a `check` (file-backed
+    tasks); other tasks, such as the skills world's, make their rows.
 
     Every row of every data file is checked on the way, once per version of the file. Raises
     `sources.DataError` at the first split that cannot be read, naming the file and line of a bad row, or the
@@ -192,6 +197,8 @@ def check_data(task_names: Iterable[str]) -> dict[str, dict[str, str]]:
         if name in _FAMILIES:
             raw = raw_data(name)
             origins[name] = {s: sources.split_origin(raw, s, SETTINGS.data_dir) for s in raw.official_splits}
+        elif seqio_name(name) in _SCORING and _SCORING[seqio_name(name)].check_data is not None:
+            origins[name] = _SCORING[seqio_name(name)].check_data()
     return origins
 
 

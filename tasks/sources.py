@@ -40,6 +40,9 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tasks import row_files
+from tasks.row_files import DataError, json_type
+
 SEED = 42
 # What every results file records as the split protocol (sharpt_jax.scoring.scoring_protocol).
 SPLIT_PROTOCOL = (
@@ -103,11 +106,6 @@ class RawData:
 def _data_file(data_dir: str | None, name: str, split: str) -> Path | None:
     path = Path(data_dir, name, f"{split}.jsonl") if data_dir else None
     return path if path is not None and path.is_file() else None
-
-
-class DataError(ValueError):
-    """A task's rows that cannot be read: a missing file or TFDS builder, or a malformed row (one line that names
-    the file and line, or what to run)."""
 
 
 def tfds_data_dir() -> Path:
@@ -260,30 +258,16 @@ def rows_dataset(rows_fn: Callable[[], Sequence[Mapping]], features: Features) -
     return ds.map(lambda ex: {**ex, "is_train": tf.constant(False)})
 
 
-_JSON_TYPES = {
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    bool: "true/false",
-    list: "a list",
-    dict: "an object",
-}
-
-
-def _json_type(value) -> str:
-    return _JSON_TYPES.get(type(value), "null")
-
-
 def _value_problem(value, spec: "tf.TensorSpec | Features", field: str, rank: int | None = None) -> str | None:
     """Why `value` (parsed JSON) cannot be read as `spec` (lists nest `rank` deep), or None when it can."""
     if isinstance(spec, Mapping):
         if not isinstance(value, dict):
-            return f"field {field!r} is {_json_type(value)}, expected an object"
+            return f"field {field!r} is {json_type(value)}, expected an object"
         return _row_problem(value, spec, f"{field}.")
     rank = spec.shape.rank if rank is None else rank
     if rank:
         if not isinstance(value, list):
-            return f"field {field!r} is {_json_type(value)}, expected a list"
+            return f"field {field!r} is {json_type(value)}, expected a list"
         return next(filter(None, (_value_problem(v, spec, field, rank - 1) for v in value)), None)
     if spec.dtype == tf.string:
         ok, expected = isinstance(value, str), "a string"
@@ -291,7 +275,7 @@ def _value_problem(value, spec: "tf.TensorSpec | Features", field: str, rank: in
         ok, expected = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
     else:
         ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
-    return None if ok else f"field {field!r} is {_json_type(value)} ({json.dumps(value)[:40]}), expected {expected}"
+    return None if ok else f"field {field!r} is {json_type(value)} ({json.dumps(value)[:40]}), expected {expected}"
 
 
 def _row_problem(row: dict, features: Features, prefix: str = "") -> str | None:
@@ -306,36 +290,14 @@ def _row_problem(row: dict, features: Features, prefix: str = "") -> str | None:
 
 @functools.cache
 def _scan_file(path: str, raw: RawData, mtime_ns: int, size: int) -> int:
-    """The number of rows of a data file of `raw`, each checked against `raw.features` in one streaming pass;
-    DataError "PATH:LINE: what is wrong" at the first bad row. Blank lines are skipped, as the reader skips them."""
+    """The number of rows of a data file of `raw`, each checked against `raw.features` in one streaming pass
+    (`row_files.json_rows`); DataError "PATH:LINE: what is wrong" at the first bad row."""
     del mtime_ns, size  # Cache keys only: a rewritten file is scanned again.
     rows = 0
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(
-                    f"{path}:{number}: not UTF-8 text (byte {line[err.start]:#04x} at column {err.start + 1})"
-                ) from err
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text.rstrip("\r\n"))  # Positions then count within the line.
-            except json.JSONDecodeError as err:
-                # json's "Invalid control character at" already ends in "at".
-                reason = err.msg.removesuffix(" at")
-                raise DataError(f"{path}:{number}: not valid JSON ({reason} at column {err.pos + 1})") from err
-            problem = (
-                _row_problem(row, raw.features)
-                if isinstance(row, dict)
-                else f"{_json_type(row)}, expected a JSON object (one row per line)"
-            )
-            if problem:
-                raise DataError(f"{path}:{number}: {problem}")
-            rows += 1
-    if not rows:
-        raise DataError(f"{path}: no rows (an empty file)")
+    for number, row in row_files.json_rows(path):
+        if problem := _row_problem(row, raw.features):
+            raise DataError(f"{path}:{number}: {problem}")
+        rows += 1
     return rows
 
 
@@ -381,8 +343,8 @@ class SplitPlan:
     description: str
 
 
-def _masks(num_rows: int, first: int) -> tuple[np.ndarray, np.ndarray]:
-    """Masks [num_rows] of the `first` positions of the seeded permutation and of the other positions."""
+def permutation_masks(num_rows: int, first: int) -> tuple[np.ndarray, np.ndarray]:
+    """Masks [num_rows] of the `first` positions of the permutation seeded with SEED and of the other positions."""
     chosen = np.zeros(num_rows, bool)
     chosen[np.random.default_rng(SEED).permutation(num_rows)[:first]] = True
     return chosen, ~chosen
@@ -394,7 +356,7 @@ def split_plan(raw: RawData, data_dir: str | None) -> SplitPlan:
     n_heldout = count_rows(raw, raw.heldout_split, data_dir)
     train, held = f"official {raw.train_split} ({n_train})", f"official {raw.heldout_split} ({n_heldout})"
     if n_train < SMALL_TRAIN:
-        first_half, second_half = _masks(n_heldout, n_heldout // 2)
+        first_half, second_half = permutation_masks(n_heldout, n_heldout // 2)
         parts = {
             "train": (raw.train_split, None),
             "validation": (raw.heldout_split, first_half),
@@ -406,7 +368,7 @@ def split_plan(raw: RawData, data_dir: str | None) -> SplitPlan:
             f"validation {sizes['validation']}, test {sizes['test']} (train < {SMALL_TRAIN})"
         )
     else:
-        validation, rest = _masks(n_train, VALIDATION_FROM_TRAIN)
+        validation, rest = permutation_masks(n_train, VALIDATION_FROM_TRAIN)
         parts = {
             "train": (raw.train_split, rest),
             "validation": (raw.train_split, validation),

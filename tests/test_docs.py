@@ -118,10 +118,10 @@ def test_runnable_block_runs(page, match, sample_data, tmp_path):
     extra = extra.replace("DATA/", f"{sample_data['DATA']}/").replace("TINY_BERT", str(sample_data["TINY_BERT"]))
     lines = []
     for line in match["body"].replace("\\\n", " ").splitlines():
-        line = line.split(" #")[0].rstrip()
+        line = line.split(" #")[0].rstrip().replace("/tmp/", f"{tmp_path}/")  # Not in `extra`'s paths.
         if re.match(r"python (run\.py|scripts/reproduce\.py) ", line):
             line += " " + extra.strip()
-        lines.append(line.replace("/tmp/", f"{tmp_path}/"))
+        lines.append(line)
     env = dict(os.environ, PYTHONPATH=str(work))
     result = subprocess.run(
         ["bash", "-ec", "\n".join(lines)], cwd=work, env=env, capture_output=True, text=True, timeout=3000

@@ -9,7 +9,8 @@ checkpoint N. OUT_DIR gets
                        adapter's own: it came from the run's source stage), "generator/w1/kernel" [m, d],
                        "generator/w1/bias" [d], "generator/w2/kernel" [d, d], "generator/w2/bias" [d],
                        "generator/positions" [L, d]; no_latent the generator alone; PromptTuning "prompt" [L, d]
-  adapter.json         the method and shapes, the task(s), the frozen T5 and instance encoder and both
+  adapter.json         the method and shapes, the task(s) (a file-backed task with its settings: template,
+                       target, labels, metric), the frozen T5 and instance encoder and both
                        vocabularies (paths and sha256), the run's sequence lengths and scoring (so that serving
                        scores as the evaluator did), and the scores of the step
   README.md            a model card: the same in words, with the scores of eval/results.json
@@ -44,6 +45,7 @@ from safetensors.numpy import load_file, save_file
 
 from sharpt_jax import build, checkpoints, hf, optim, sharding, storage
 from sharpt_jax.models import methods
+from tasks import files as file_tasks
 
 FORMAT = "sharpt-adapter/1"
 WEIGHTS, CONFIG, CARD = build.ADAPTER_WEIGHTS, build.ADAPTER_CONFIG, "README.md"
@@ -117,6 +119,9 @@ def export(run_dir: str | Path, out_dir: str | Path, step: int | None = None) ->
         "method": config.method,
         "stage": config.stage,
         "tasks": [t.removeprefix("sharpt_") for t in eval_tasks],
+        # File-backed tasks' folder and settings (tasks/files.py): serving formats and scores their rows as
+        # training did, without the folder.
+        "task_specs": {t.removeprefix("sharpt_"): file_tasks.record(t) for t in eval_tasks if file_tasks.record(t)},
         "run": {"workdir": str(run_dir.absolute()), "step": step, "task": config.task, "source": metadata["source"]},
         "t5": {
             **metadata["identity"]["t5"],

@@ -9,7 +9,9 @@ or from Python:
 
 A row is {"task": NAME, ...} with the raw fields of that task's data files (`<data_dir>/<task>/<split>.jsonl`;
 `tasks.registry.row_features(task)` lists them; an unknown answer is the data's hidden value, label -1); a
-skills-world row has "inputs" and "targets" (may be ""), as its generator writes them. Other fields are ignored.
+skills-world row has "inputs" and "targets" (may be ""), as its generator writes them; a file-backed task's row
+the fields of its input template (its target may be left out). Where the adapters serve one task, "task" may be
+left out. Other fields are ignored.
 Every row becomes its model features through its task's own seqio preprocessors (format, tokenisation, EOS after
 trimming to the lengths of the adapter's run) and the feature converter: the code of training and evaluation.
 
@@ -51,6 +53,7 @@ from sharpt_jax.decoding import greedy_decode
 from sharpt_jax.models import methods
 from sharpt_jax.models.sharpt import SharPT
 from sharpt_jax.serving.export import Adapter, AdapterError, adapter_filter, load_adapter
+from tasks import files as file_tasks
 from tasks import registry, sources
 from tasks.features import SharPTFeatureConverter
 
@@ -166,6 +169,8 @@ class Predictor:
         self.adapter_of: dict[str, int] = {}
         for i, adapter in enumerate(self.adapters):
             _check_same_backbone(first, adapter)
+            for task, recorded in adapter.config.get("task_specs", {}).items():
+                file_tasks.register_recorded(task, recorded)  # Formatted and scored as in training, without its files.
             if methods.get(adapter.method).adapter is None:
                 raise AdapterError(f"{adapter.path}: method {adapter.method} cannot be served from an adapter")
             for task in adapter.tasks:
@@ -240,8 +245,9 @@ class Predictor:
         """
         start = time.perf_counter()
         by_task: dict[str, list[int]] = {}
-        for i, row in enumerate(rows):
-            by_task.setdefault(self._check_row(i, row), []).append(i)
+        row_tasks = [self._check_row(i, row) for i, row in enumerate(rows)]
+        for i, task in enumerate(row_tasks):
+            by_task.setdefault(task, []).append(i)
         # Every example of every task, with its row and adapter.
         row_of, adapter_of, examples, tasks_of, features = [], [], [], [], []
         for task, indices in by_task.items():
@@ -271,7 +277,10 @@ class Predictor:
         # The time of the two halves (benchmarks read it; results are fetched batch by batch, so this counts
         # the device work).
         self.seconds = {"preprocess": prepared - start, "model": time.perf_counter() - prepared}
-        outputs = [{"task": row.get("task"), "prediction": [], "text": [], "skill": []} for row in rows]
+        outputs = [
+            {"task": row.get("task", task), "prediction": [], "text": [], "skill": []}
+            for row, task in zip(rows, row_tasks, strict=True)
+        ]
         for i in order:
             task_eval = registry.task_eval(tasks_of[i])
             prediction = scoring.postprocess_texts(task_eval, [examples[i]], [texts[i]])[0]
@@ -289,6 +298,8 @@ class Predictor:
     def _check_row(self, i: int, row: Mapping) -> str:
         """The row's task, after checking that an adapter serves it and that the row has its fields."""
         task = row.get("task") if isinstance(row, Mapping) else None
+        if task is None and isinstance(row, Mapping) and len(self.adapter_of) == 1:
+            task = next(iter(self.adapter_of))  # One task served: rows may leave it out.
         if not isinstance(task, str):
             raise AdapterError(f'row {i}: no "task" field; rows are {{"task": NAME, ...raw fields}}')
         task = task.removeprefix(registry.PREFIX)
