@@ -1,14 +1,17 @@
 """Launching on several hosts: a SLURM job step (2 processes started with the variables srun sets, joined by JAX's
 own SLURM detection, no coordinator fields) computes what 1 process does, and JAX derives from those variables
-what docs/multi_host.md says it does."""
+what docs/multi_host.md says it does; a hub model is downloaded by process 0 alone (from a fake hub on
+localhost), and a model folder's checksum is hashed once."""
 
 import hashlib
+import http.server
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +140,99 @@ def test_the_weights_checksum_is_hashed_once_per_folder(tmp_path):
     second = checkpoints.folder_checksum(copy)
     assert second == _reference_checksum(copy, ["config.json", "model.safetensors"]) != first
     assert json.loads((copy / checkpoints.CHECKSUM_CACHE).read_text())["sha256"] == second
+
+
+class FakeHub:
+    """One model repository served on localhost the way the Hugging Face hub serves it to `snapshot_download`
+    (the revision, the file tree, each file), logging every request in `requests`."""
+
+    def __init__(self, repo: str, files: dict[str, bytes], commit: str = "c0ffee" * 6 + "0123"):
+        self.repo, self.files, self.commit, self.requests = repo, files, commit, []
+        handler = type("Handler", (_HubHandler,), {"hub": self})
+        self.server = http.server.ThreadingHTTPServer(("localhost", 0), handler)
+        self.url = f"http://localhost:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, path: str) -> tuple[bytes, dict] | None:
+        api, resolve = f"/api/models/{self.repo}/", f"/{self.repo}/resolve/{self.commit}/"
+        if path.startswith(api + "revision/"):
+            return json.dumps({"id": self.repo, "sha": self.commit}).encode(), {}
+        if path.startswith(api + "tree/"):
+            tree = [
+                {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                for name, data in self.files.items()
+            ]
+            return json.dumps(tree).encode(), {}
+        if path.startswith(resolve) and (data := self.files.get(path.removeprefix(resolve))) is not None:
+            return data, {"X-Repo-Commit": self.commit, "ETag": f'"{hashlib.sha1(data).hexdigest()}"'}
+        return None
+
+
+class _HubHandler(http.server.BaseHTTPRequestHandler):
+    hub: FakeHub
+
+    def do_HEAD(self):
+        self._answer(body=False)
+
+    def do_GET(self):
+        self._answer(body=True)
+
+    def _answer(self, body: bool):
+        self.hub.requests.append(f"{self.command} {self.path}")
+        found = self.hub.answer(self.path.split("?")[0])
+        data, headers = found or (b"", {})
+        self.send_response(200 if found else 404)
+        for name, value in {**headers, "Content-Length": str(len(data))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+RESOLVE = """
+import jax
+from sharpt_jax import checkpoints, hf_weights
+jax.distributed.initialize()  # From the SLURM variables.
+folder = hf_weights.resolve_folder_on_hosts("org/tiny")
+print(folder, checkpoints.folder_checksum(folder))
+try:
+    hf_weights.resolve_folder_on_hosts("org/missing")
+except hf_weights.CheckpointError as err:
+    print(err)
+"""
+
+
+def test_a_hub_model_is_downloaded_once_by_process_0(tmp_path):
+    weights = {"config.json": b'{"model_type": "t5"}', "model.safetensors": b"weights" * 1000}
+    hub = FakeHub("org/tiny", {**weights, "README.md": b"not downloaded"})
+    job_id, procs = free_slurm_job_id(), []
+    for process_id in range(NUM_PROCESSES):
+        env = {**os.environ, **slurm_env(job_id, process_id), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url}
+        env.update(HF_HOME=str(tmp_path / "hf_home"), JAX_PLATFORMS="cpu")  # One HF_HOME for both: shared.
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", RESOLVE], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        )
+    results = [(p.returncode, out.decode(), err.decode()) for p, (out, err) in ((p, p.communicate(300)) for p in procs)]
+    assert_ok(results)
+
+    first, second = ([line for line in out.splitlines() if not line.startswith("[Gloo]")] for _, out, _ in results)
+    snapshot = tmp_path / "hf_home" / "hub" / "models--org--tiny" / "snapshots" / hub.commit
+    assert first[0] == f"{snapshot} {_reference_checksum(snapshot, list(weights))}"
+    assert second[0] == first[0]  # The same commit, the same files.
+    assert first[1].startswith("org/missing: no local folder of that name and the hub download failed")
+    assert second[1] == "org/missing: process 0 could not resolve it (its output says why)"
+    # Process 0 alone asked the hub: the revision once, the tree once, each model file once (the README never).
+    asked = [r for r in hub.requests if "/org/tiny/" in r]
+    assert sorted(r.split(" ")[0] + " " + r.split("/")[-1].split("?")[0] for r in asked) == [
+        f"GET {hub.commit}",
+        "GET config.json",
+        "GET main",
+        "GET model.safetensors",
+        "HEAD config.json",
+        "HEAD model.safetensors",
+    ]
