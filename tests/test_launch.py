@@ -220,12 +220,6 @@ def test_a_hub_model_is_downloaded_once_by_process_0(tmp_path):
     results = [(p.returncode, out.decode(), err.decode()) for p, (out, err) in ((p, p.communicate(300)) for p in procs)]
     assert_ok(results)
 
-    first, second = ([line for line in out.splitlines() if not line.startswith("[Gloo]")] for _, out, _ in results)
-    snapshot = tmp_path / "hf_home" / "hub" / "models--org--tiny" / "snapshots" / hub.commit
-    assert first[0] == f"{snapshot} {_reference_checksum(snapshot, list(weights))}"
-    assert second[0] == first[0]  # The same commit, the same files.
-    assert first[1].startswith("org/missing: no local folder of that name and the hub download failed")
-    assert second[1] == "org/missing: process 0 could not resolve it (its output says why)"
     # Process 0 alone asked the hub: the revision once, the tree once, each model file once (the README never).
     asked = [r for r in hub.requests if "/org/tiny/" in r]
     assert sorted(r.split(" ")[0] + " " + r.split("/")[-1].split("?")[0] for r in asked) == [
@@ -236,3 +230,9 @@ def test_a_hub_model_is_downloaded_once_by_process_0(tmp_path):
         "HEAD config.json",
         "HEAD model.safetensors",
     ]
+    first, second = ([line for line in out.splitlines() if not line.startswith("[Gloo]")] for _, out, _ in results)
+    snapshot = tmp_path / "hf_home" / "hub" / "models--org--tiny" / "snapshots" / hub.commit
+    assert first[0] == f"{snapshot} {_reference_checksum(snapshot, list(weights))}"
+    assert second[0] == first[0]  # The same commit, the same files.
+    assert first[1].startswith("org/missing: no local folder of that name and the hub download failed")
+    assert second[1] == "org/missing: process 0 could not resolve it (its output says why)"
