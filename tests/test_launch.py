@@ -14,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from jax._src import clusters
@@ -21,7 +22,8 @@ from test_multihost import NUM_PROCESSES, SUMMED, assert_ok, finish
 from test_train import ROOT, read_metrics, saved_state
 from tiny_run import cli_overrides, make_assets, tiny_config
 
-from sharpt_jax import checkpoints, train
+from configs import demo as demo_config
+from sharpt_jax import build, checkpoints, train
 
 # JAX's SlurmCluster puts the coordinator on this port of the step's first node: SLURM_JOB_ID % 4096 + 61440.
 SLURM_PORTS = 61440
@@ -59,6 +61,15 @@ def test_jax_reads_the_coordinator_processes_and_device_from_srun_variables(monk
     detected = clusters.ClusterEnv.auto_detect_unset_distributed_params(None, None, None, None, None, 300)
     # The first node of the step, the port from the job id, one process per task, the GPU of the task's local id.
     assert detected == ("gpu007:" + str(12345 % 4096 + SLURM_PORTS), 16, 1, [1])
+
+
+def test_without_the_flag_a_slurm_task_runs_alone(monkeypatch):
+    # srun's variables alone do not make a run distributed: without --config.distributed it is one process of its
+    # own, which waits for no coordinator (a run started inside an allocation for other reasons).
+    for name, value in slurm_env(12345, 1).items():
+        monkeypatch.setenv(name, value)
+    build.initialize_distributed(demo_config.get_config())
+    assert not jax.distributed.is_initialized()
 
 
 def test_distributed_in_a_batch_script_outside_srun_is_one_line(tmp_path):
