@@ -100,9 +100,10 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
         jax.distributed.initialize(**explicit)
     except (ValueError, RuntimeError) as err:  # Nothing found to fill an unset field, or no coordinator.
         raise ConfigError(
-            f"jax.distributed.initialize failed ({str(err).splitlines()[0]}); outside TPU pods and SLURM, Open MPI "
-            "or Kubernetes jobs set --config.coordinator_address=HOST:PORT --config.num_processes=N "
-            "--config.process_id=I on every host"
+            f"jax.distributed.initialize failed ({str(err).splitlines()[0]}); under SLURM start every process with "
+            "srun (JAX reads SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID and SLURM_LOCALID); "
+            "outside TPU pods and SLURM, Open MPI or Kubernetes jobs set --config.coordinator_address=HOST:PORT "
+            "--config.num_processes=N --config.process_id=I on every host"
         ) from err
 
 
@@ -137,7 +138,7 @@ class Files:
 
 def _folder(path: str, what: str) -> Path:
     try:
-        return hf.resolve_folder(path)
+        return hf_weights.resolve_folder_on_hosts(path)
     except hf.CheckpointError as err:
         raise ConfigError(f"{what}: {err}") from err
 

@@ -18,6 +18,7 @@ folder, at the latest before its first save). The save cadence is the caller's.
 
 import functools
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -28,6 +29,8 @@ import orbax.checkpoint as ocp
 PARAMS, RESUME, METADATA = "params", "resume", "metadata"
 # The files that define a Hugging Face model: its config and weights (safetensors, Flax msgpack or torch).
 MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "flax_model*.msgpack", "pytorch_model*.bin")
+# Where `folder_checksum` keeps a model folder's digest, next to its files.
+CHECKSUM_CACHE = ".sharpt_checksum.json"
 _CHUNK = 1 << 20
 
 
@@ -151,14 +154,31 @@ def folder_checksum(folder: str | os.PathLike) -> str:
     """The sha256 over a Hugging Face model folder's config and weights files (`MODEL_FILES`), in name order.
 
     Each file contributes its name, size and bytes, so renaming or changing any of them changes the digest;
-    tokenizer files, READMEs and the like do not count. The digest of an unchanged folder (same files, sizes and
-    modification times) is computed once per process: experiments build the same frozen models many times.
+    tokenizer files, READMEs and the like do not count. The digest is hashed once per folder, not by every
+    process, run, resume and eval: it is kept in `CHECKSUM_CACHE` inside the folder with the files' names, sizes
+    and modification times, and reused while they are unchanged (so a copy that keeps them, `rsync -a`, keeps
+    it). A read-only folder without that file is hashed once per process.
     """
     folder = Path(folder)
     files = sorted({p for pattern in MODEL_FILES for p in folder.glob(pattern) if p.is_file()})
     if not any(p.name != "config.json" for p in files):
         raise FileNotFoundError(f"{folder}: no weights files ({', '.join(MODEL_FILES[1:])})")
-    return _files_checksum(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    stats = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    cache = folder / CHECKSUM_CACHE
+    try:
+        saved = json.loads(cache.read_text())
+        if saved["files"] == stats:
+            return saved["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):  # None yet, or unreadable: hash the files.
+        pass
+    digest = _files_checksum(tuple((str(p), size, mtime) for p, (_, size, mtime) in zip(files, stats, strict=True)))
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    try:  # Written whole, then renamed: a process reading it concurrently sees the old file or the new one.
+        tmp.write_text(json.dumps({"files": stats, "sha256": digest}) + "\n")
+        tmp.replace(cache)
+    except OSError:  # A read-only folder: the digest is still kept for this process (`_files_checksum`).
+        tmp.unlink(missing_ok=True)
+    return digest
 
 
 @functools.lru_cache(maxsize=16)

@@ -14,7 +14,8 @@ writes a safetensors copy once (`write_safetensors`), the format for large model
 
 Hub ids are downloaded into Hugging Face's cache (`HF_HOME`, default ~/.cache/huggingface); offline
 (`HF_HUB_OFFLINE=1`, or no network) a model must be there already, or be downloaded once elsewhere with
-`hf download ID --local-dir DIR` and passed as DIR.
+`hf download ID --local-dir DIR` and passed as DIR. On several hosts, process 0 downloads first and the others
+then take the commit it found (`resolve_folder_on_hosts`).
 
 T5X checkpoints (gs://t5-data/pretrained_models/t5x/, a tensorstore layout indexed by a msgpack `checkpoint`
 file) are not read: reading them needs t5x, whose releases pin older jax, flax and orbax than this project's
@@ -28,9 +29,13 @@ import mmap
 import os
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
+from jax.experimental import multihost_utils
+
+from sharpt_jax import checkpoints
 
 
 class CheckpointError(ValueError):
@@ -82,6 +87,39 @@ def hub_reference(path: str | os.PathLike, folder: Path) -> dict:
     if Path(path).expanduser().is_dir():
         return {}
     return {"hub_id": str(path), "revision": folder.name}
+
+
+def resolve_folder_on_hosts(path: str | os.PathLike) -> Path:
+    """`resolve_folder(path)` on every process of a run, process 0 first: it downloads a hub id (once, into a shared
+    HF_HOME) and saves the folder's checksum there (`checkpoints.folder_checksum`); the other processes then
+    resolve the commit it found, which a shared HF_HOME holds already (no call to the hub) and a host's own
+    HF_HOME downloads. A failure on process 0 raises on every process."""
+    revision, error = "", None
+    if jax.process_index() == 0:
+        try:
+            folder = resolve_folder(path)
+            checkpoints.folder_checksum(folder)  # Kept in the folder, where the other processes will find it.
+            revision = hub_reference(path, folder).get("revision", "")
+        except CheckpointError as err:
+            error = err
+    if jax.process_count() > 1:
+        revision = _from_process_0(None if error else revision)
+        if jax.process_index() > 0:
+            if revision is None:
+                raise CheckpointError(f"{path}: process 0 could not resolve it (its output says why)")
+            folder = resolve_folder(path, revision or None)
+    if error is not None:
+        raise error
+    return folder
+
+
+def _from_process_0(text: str | None) -> str | None:
+    """Process 0's `text` (ASCII, at most 64 characters, or None) on every process."""
+    buffer = np.zeros(65, np.uint8)
+    if text is not None:
+        buffer[0], buffer[1 : 1 + len(text)] = 1, np.frombuffer(text.encode(), np.uint8)
+    buffer = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
+    return bytes(buffer[1:]).rstrip(b"\0").decode() if buffer[0] else None
 
 
 def read_config(folder: Path) -> dict:

@@ -53,7 +53,9 @@ def _commands(body: str) -> list[list[str]]:
     for line in body.splitlines():
         line = line.split(" #")[0].strip()
         if line and not line.startswith("#"):
-            commands += [shlex.split(part) for part in line.split("&&")]
+            words = shlex.split(line)  # Before splitting at `&&`: a quoted remote command may hold one.
+            starts = [0] + [i + 1 for i, word in enumerate(words) if word == "&&"]
+            commands += [words[a : b - 1] for a, b in zip(starts, starts[1:] + [len(words) + 1], strict=True)]
     return commands
 
 

@@ -125,7 +125,7 @@ def _approx_nested(got: dict, expected: dict) -> bool:
 def test_a_model_axis_across_hosts_is_refused_before_any_work(assets, tmp_path):
     results = finish(launch(tiny_config(assets, mesh_shape="1,8"), tmp_path))
     for code, _, err in results:
-        assert code == 2
+        assert code == 2  # A config mistake (configs/command_line.fail).
         assert err.strip().splitlines()[-1] == (
             "error: config.mesh_shape='1,8': the 'model' axis of size 8 would span hosts [0, 1] (each has 4 "
             "devices); use a 'model' size that divides 4, e.g. mesh_shape=-1,4"
