@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 import tasks
 from sharpt_jax import checkpoints, data, hf, optim, scoring, sharding
 from sharpt_jax.models import methods
-from sharpt_jax.models.sharpt import SharPT
+from sharpt_jax.models.sharpt import OracleRouting, SharPT
 from sharpt_jax.models.t5 import T5, T5Config
 from tasks import mixtures, registry
 
@@ -232,7 +232,16 @@ def model_config(**fields) -> ml_collections.ConfigDict:
     """A config of only what `resolve_files` and `build_model` read (`fields` over these defaults), for programs
     that build the frozen models without a run's config (serving, from an adapter's record)."""
     config = ml_collections.ConfigDict(
-        dict(t5_random={}, t5_vocab="", encoder_vocab="", scan_layers=True, remat=False, seed=0)
+        dict(
+            t5_random={},
+            t5_vocab="",
+            encoder_vocab="",
+            scan_layers=True,
+            remat=False,
+            seed=0,
+            oracle_routing="",
+            prompt_init_exclude=(),
+        )
     )
     config.update(fields)
     return config
@@ -312,8 +321,39 @@ def build_model(config: ml_collections.ConfigDict, files: Files, mesh: jax.shard
         num_skills=config.num_skills,
         beta=config.beta,
         rngs=nnx.Rngs(config.seed),
+        prompt_init_exclude=tuple(_token_id(word) for word in config.prompt_init_exclude),
     )
+    if config.oracle_routing:
+        model.oracle = oracle_routing(config, model)
     return model, identity
+
+
+def _token_id(word: str) -> int:
+    """The id of a word that is one piece of the configured T5 vocabulary (config.prompt_init_exclude)."""
+    ids = registry.OUTPUT_FEATURES["targets"].vocabulary.encode(word)
+    if len(ids) != 1:
+        raise ConfigError(f"config.prompt_init_exclude: {word!r} is not one piece of the T5 vocabulary ({ids})")
+    return ids[0]
+
+
+def oracle_routing(config: ml_collections.ConfigDict, model: SharPT) -> OracleRouting:
+    """The oracle-routing diagnostic of `config.oracle_routing` (see configs/common.py), checked against the model."""
+    if model.codebook is None:
+        raise ConfigError(f"config.oracle_routing is set, but method {config.method} has no codebook to route to")
+    try:
+        with np.load(Path(config.oracle_routing).expanduser()) as saved:
+            keys, skills = saved["keys"], saved["skills"]
+    except (OSError, KeyError, ValueError) as err:
+        raise ConfigError(
+            f"config.oracle_routing={config.oracle_routing}: not an .npz of keys and skills ({err})"
+        ) from err
+    num_skills, features = model.codebook.embeddings.shape
+    if keys.ndim != 2 or keys.shape[1] != features or skills.shape != keys.shape[:1] or skills.max() >= num_skills:
+        raise ConfigError(
+            f"config.oracle_routing={config.oracle_routing}: keys {keys.shape} and skills {skills.shape} do not fit "
+            f"a codebook of {num_skills} vectors of width {features}"
+        )
+    return OracleRouting(keys, skills)
 
 
 # ---------------------------------------------------------------------------------------------

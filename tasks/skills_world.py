@@ -240,9 +240,7 @@ def parse_spec(spec: str) -> Target:
     behaviours = tuple(_behaviour(part, spec) for part in body.split(";"))
     name = name or re.sub(r"_+", "_", re.sub(r"\W", "_", "_".join(_label(b) for b in behaviours))).strip("_")
     if not _NAME.fullmatch(name) or re.search(r"_n\d+$", name):
-        raise SpecError(
-            f"target spec {spec!r}: name {name!r} must be letters, digits and _, not ending _n<N>"
-        )
+        raise SpecError(f"target spec {spec!r}: name {name!r} must be letters, digits and _, not ending _n<N>")
     if name in TASKS and TASKS[name].behaviours != behaviours:
         raise SpecError(f"target spec {spec!r}: {name!r} is a world task with other behaviours; choose another NAME=")
     task = TASKS.get(name) or SkillTask(name, behaviours, num_train=max(num_train or 0, *TARGET_SIZES))
