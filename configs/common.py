@@ -107,7 +107,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.scan_layers = True
     c.remat = False
     c.encoder = SIMCSE_BERT_BASE  # Instance encoder: hub id or local BERT-family folder.
-    c.encoder_pooling = "pooler"  # cls | pooler | mean; SimCSE's sentence embedding is the pooler output.
+    # cls | pooler | mean | mean_normalized (mean / its L2 norm); SimCSE's sentence embedding is the pooler output.
+    c.encoder_pooling = "pooler"
     c.encoder_vocab = ""  # WordPiece vocab.txt; "" = vocab.txt in the encoder folder.
     # Folder of cached instance embeddings: e0 of every training example is computed once, kept there (keyed by
     # the encoder's checksum, pooling, dtype, task, instance length) and fed to the step instead of the instance

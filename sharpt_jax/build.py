@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 import tasks
 from sharpt_jax import checkpoints, data, hf, optim, scoring, sharding
 from sharpt_jax.models import methods
+from sharpt_jax.models.encoder import POOLINGS
 from sharpt_jax.models.sharpt import OracleRouting, SharPT
 from sharpt_jax.models.t5 import T5, T5Config
 from tasks import mixtures, registry
@@ -41,7 +42,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "stage": methods.STAGES,
         "optimizer": optim.OPTIMIZERS,
         "backbone_dtype": tuple(DTYPES),
-        "encoder_pooling": ("cls", "pooler", "mean"),
+        "encoder_pooling": POOLINGS,
         "eval.scoring": scoring.SCORING,
         "codebook_init": ("random", "kmeans"),
     }

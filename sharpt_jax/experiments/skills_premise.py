@@ -48,7 +48,11 @@ METHODS = {
     "no_latent_no_source": ("no_latent", "source", False),  # The generator reads e0, learned on the target alone.
 }
 # Source-stage-only codebook starts (beside sharpt's, the config default k-means) -> their config fields.
-CODEBOOK_STARTS = {"sharpt_random": dict(codebook_init="random")}
+# sharpt_random_normalized: the random start on L2-normalised instance embeddings.
+CODEBOOK_STARTS = {
+    "sharpt_random": dict(codebook_init="random"),
+    "sharpt_random_normalized": dict(codebook_init="random", encoder_pooling="mean_normalized"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +108,12 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     if not config.instance_embedding_cache:
         config.instance_embedding_cache = str(workdir / "embeddings")
     unknown = [m for m in (*config.skills.methods, *config.skills.methods_b) if m not in METHODS]
+    unknown += [s for s in config.skills.codebook_starts if s not in CODEBOOK_STARTS]
     if unknown:
-        raise build.ConfigError(f"config.skills.methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+        raise build.ConfigError(
+            f"config.skills: unknown methods or codebook starts {unknown}; methods are {', '.join(METHODS)}, "
+            f"codebook starts {', '.join(CODEBOOK_STARTS)}"
+        )
     planned = targets(config)
     seeds = sorted({s for t in planned for s in t.seeds})
     sources = {seed: source_run(config, workdir, "sharpt", seed) for seed in seeds}
@@ -155,7 +163,7 @@ def source_run(config, workdir: Path, start: str, seed: int) -> dict:
     """SharPT's source stage with the codebook start `start` ("sharpt": the config's) on seed `seed`: trained,
     scored (one checkpoint, the last) and summarised: per-source validation along the way and test at the end,
     and the skill vector each source task's test instances choose most."""
-    fields = CODEBOOK_STARTS.get(start, {})
+    fields = CODEBOOK_STARTS[start] if start != "sharpt" else {}
     cfg = build.run_config(config, method="sharpt", stage="source", task="skills_sources", seed=seed, **fields)
     spec = config.skills
     cfg.update(
@@ -164,6 +172,8 @@ def source_run(config, workdir: Path, start: str, seed: int) -> dict:
         save_every=spec.source_steps,
         eval_every=spec.source_eval_every,
     )
+    if not spec.source_embedding_cache:
+        cfg.instance_embedding_cache = ""
     run_dir = workdir / ("source" if start == "sharpt" else f"source_{start}") / f"seed{seed}"
     record = skills_runs.train_and_score(cfg, run_dir, workdir)
     curve = {}  # step -> {source: validation exact match}
