@@ -24,7 +24,7 @@ from sharpt_jax.models import methods
 from sharpt_jax.models.encoder import POOLINGS
 from sharpt_jax.models.sharpt import OracleRouting, SharPT
 from sharpt_jax.models.t5 import T5, T5Config
-from tasks import mixtures, registry
+from tasks import mixtures, registry, skills_world
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 RANDOM_T5 = "random"
@@ -176,8 +176,11 @@ def configure_tasks(config: ml_collections.ConfigDict, files: Files) -> tuple[st
         encoder_vocab=files.encoder_vocab,
         mixture_cap=config.mixture_cap,
     )
+    try:  # A skills-world spec target ("skills:SPEC@N") is registered on first use.
+        short = [skills_world.resolve(n.strip()).removeprefix(registry.PREFIX) for n in config.task.split(",")]
+    except skills_world.SpecError as err:
+        raise ConfigError(f"config.task: {err}") from err
     known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
-    short = [n.strip().removeprefix(registry.PREFIX) for n in config.task.split(",")]
     names = [registry.PREFIX + n for n in short]
     unknown = [s for s, n in zip(short, names, strict=True) if n not in known]
     if unknown:

