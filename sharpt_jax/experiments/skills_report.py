@@ -317,14 +317,23 @@ def premise_markdown(results: dict) -> str:
 def _source_lines(results: dict) -> list[str]:
     """The source stage per (start, seed): each source's validation at the last two evaluations and its test."""
     skills = [t.name for t in skills_world.SOURCES]
-    lines = ["", "Source stage: per-source validation at the last two evaluations (plateau) and test, exact match.", ""]
-    lines += ["| start | seed | " + " | ".join(skills) + " |", "|---|---|" + "---|" * len(skills)]
+    lines = [
+        "",
+        "Source stage: per-source validation at the last two evaluations (plateau) -> (test), exact match; the "
+        "codebook on the 8 source tasks' test instances: purity, skill perplexity (8 = one vector per skill), dead "
+        "vectors (of K).",
+        "",
+    ]
+    header = ["start", "seed", *skills, "purity", "perplexity", "dead"]
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for source in results["sources"]:
         steps = sorted(source["validation_curve"], key=int)[-2:]
         cells = []
         for skill in skills:
             curve = " -> ".join(f"{source['validation_curve'][s][skill]:.0f}" for s in steps)
             cells.append(f"{curve} ({source['test'][skill]:.0f})")
+        m = contingency_measures(np.asarray([source["counts"][skill] for skill in skills]))
+        cells += [f"{m['purity']:.2f}", f"{m['skill_perplexity']:.1f}", str(m["dead_skills"])]
         lines.append(f"| {source['start']} | {source['seed']} | " + " | ".join(cells) + " |")
     return lines
 
