@@ -104,12 +104,13 @@ def test_a_prediction_is_untested_where_the_source_skill_is_not_learned():
 
 @pytest.fixture(scope="module")
 def tiny_premise(tmp_path_factory):
-    """premise_quick shrunk to a few steps: A4 and reverse_shift, a target given only as a flag, a replay, two
-    seeds with two rates for SharPT (one selection seed)."""
+    """premise_quick shrunk to a few steps: A4, a target given only as a flag and a replay; SharPT (two rates, one
+    selection seed), its oracle and no source training on two seeds."""
     config = skills_config.get_config("premise_quick")
     config.batch_size, config.log_every, config.eval.batch_size = 8, 2, 40  # Divisible by the 8 test devices.
     config.skills.update(
-        strata={"A": (skills_config.STRATA["A"][3],), "C": ("reverse_shift",)},
+        strata={"A": (skills_config.STRATA["A"][3],)},
+        methods=("sharpt", "no_source", "sharpt_oracle"),
         targets="flag_only=even:keep every other word:body+weather@16",
         seeds=(0, 1),
         source_steps=6,

@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from sharpt_jax import build, data, embedding_cache, scoring, storage
+from sharpt_jax import build, data, embedding_cache, scoring, sharding, storage
 from sharpt_jax.experiments import skills_report, skills_runs
 from tasks import registry, skills_world
 
@@ -248,6 +248,7 @@ def step0_record(config, workdir: Path, target: PremiseTarget, seed: int, source
     setup = build.prepare(cfg)
     model, identity = build.build_model(cfg, setup.files, setup.mesh)
     build.restore_source(model, cfg, identity)
+    model = on_mesh(model, setup.mesh)
     e0, chosen, truth = instances(model, registry.PREFIX + task, "test", cfg, setup.mesh)
     table = np.asarray(jax.device_get(model.codebook.embeddings[...]))
     step0 = {"sharpt": step0_scores(model, setup, cfg)}
@@ -268,6 +269,7 @@ def step0_record(config, workdir: Path, target: PremiseTarget, seed: int, source
         oracle_cfg = cfg.copy_and_resolve_references()
         oracle_cfg.oracle_routing = str(oracle_file)
         model.oracle = build.oracle_routing(oracle_cfg, model)
+        model = on_mesh(model, setup.mesh)
         step0["sharpt_oracle"] = step0_scores(model, setup, oracle_cfg)
         routing["oracle_routing"] = routing_share(step0["sharpt_oracle"].pop("skills"), truth, source["majority"])
     record = {**routing, "step0": step0}
@@ -275,6 +277,12 @@ def step0_record(config, workdir: Path, target: PremiseTarget, seed: int, source
         storage.write_json(folder / "routing.json", routing)
         storage.write_json(folder / "record.json", record)
     return record
+
+
+def on_mesh(model, mesh):
+    """The model with every array placed by its sharding on `mesh` (restored and added parts sit on one device)."""
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, jax.device_put(state, sharding.state_shardings(state, mesh)))
 
 
 def step0_scores(model, setup, cfg) -> dict:
