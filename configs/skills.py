@@ -3,7 +3,7 @@
     python run.py --config=configs/skills.py --workdir=DIR          # the full comparison (5 seeds)
     python run.py --config=configs/skills.py:quick --workdir=DIR    # one seed, 16 examples, one rate each
     python run.py --config=configs/skills.py:premise --workdir=DIR  # the pre-registered premise test (issue 20)
-    python run.py --config=configs/skills.py:premise_quick --workdir=DIR   # its plumbing in minutes
+    python run.py --config=configs/skills.py:premise_quick --workdir=DIR   # 7 min 23 s on 2 loaded CPU cores
     python run.py --config=configs/skills.py:premise --workdir=DIR \
         --config.skills.targets="mine=reverse:turn it around:body+weather@16,sort:order them:body"
 
@@ -24,6 +24,8 @@ one `SKILL:PHRASE:CATEGORIES` part per behaviour (several parts: an instance-mix
 its part, its words from that part's categories and its phrase from that part), `@N` its only training size (else
 `skills.sizes`). Skills: copy reverse sort first3 last3 map even rotate swap; categories: animal color fruit tool
 (the sources') body weather (held out). `--config.skills.targets` adds comma-separated specs (stratum "extra").
+Wherever config.task is read, "skills:SPEC@N" names a spec target (registered on first use); the premise's runs
+record their task that way, so resuming or scoring one needs nothing but its config.json.
 """
 
 import ml_collections
