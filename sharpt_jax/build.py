@@ -236,16 +236,7 @@ def model_config(**fields) -> ml_collections.ConfigDict:
     """A config of only what `resolve_files` and `build_model` read (`fields` over these defaults), for programs
     that build the frozen models without a run's config (serving, from an adapter's record)."""
     config = ml_collections.ConfigDict(
-        dict(
-            t5_random={},
-            t5_vocab="",
-            encoder_vocab="",
-            scan_layers=True,
-            remat=False,
-            seed=0,
-            oracle_routing="",
-            prompt_init_exclude=(),
-        )
+        dict(t5_random={}, t5_vocab="", encoder_vocab="", scan_layers=True, remat=False, seed=0)
     )
     config.update(fields)
     return config
@@ -325,9 +316,10 @@ def build_model(config: ml_collections.ConfigDict, files: Files, mesh: jax.shard
         num_skills=config.num_skills,
         beta=config.beta,
         rngs=nnx.Rngs(config.seed),
-        prompt_init_exclude=tuple(_token_id(word) for word in config.prompt_init_exclude),
+        # .get: configs of serving (model_config) and of runs recorded before these fields existed lack them.
+        prompt_init_exclude=tuple(_token_id(word) for word in config.get("prompt_init_exclude", ())),
     )
-    if config.oracle_routing:
+    if config.get("oracle_routing"):
         model.oracle = oracle_routing(config, model)
     return model, identity
 
