@@ -88,8 +88,8 @@ def targets(config: ml_collections.ConfigDict) -> list[PremiseTarget]:
             )
         sizes = (target.num_train,) if target.num_train else tuple(spec.sizes)
         methods = tuple(spec.methods_b) if stratum == "B" else tuple(spec.methods)
-        if stratum == "replay":
-            methods = ("sharpt",)
+        if stratum == "replay":  # A bug check at step 0 only: nothing to train.
+            methods = ()
         # Oracle routing needs a source skill for every behaviour (swap has none).
         if not set(target.task.skills) <= set(skills_world.SOURCE_SKILLS):
             methods = tuple(m for m in methods if m != "sharpt_oracle")
@@ -131,7 +131,8 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
             runs += target_runs(config, workdir, target, size, sources)
     results = {
         "targets": [
-            {**dataclasses.asdict(t), "task": None, "target": t.task.name, "skills": t.task.skills} for t in planned
+            dict(stratum=t.stratum, spec=t.spec, target=t.task.name, skills=t.task.skills, sizes=t.sizes, seeds=t.seeds)
+            for t in planned
         ],
         "runs": runs,
         "routing": routing,
