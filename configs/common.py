@@ -154,7 +154,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.scan_layers = True
     c.remat = False
     c.encoder = SIMCSE_BERT_BASE  # Instance encoder: hub id or local BERT-family folder.
-    c.encoder_pooling = "pooler"  # cls | pooler | mean; SimCSE's sentence embedding is the pooler output.
+    # cls | pooler | mean | mean_normalized (mean / its L2 norm); SimCSE's sentence embedding is the pooler output.
+    c.encoder_pooling = "pooler"
     c.encoder_vocab = ""  # WordPiece vocab.txt; "" = vocab.txt in the encoder folder.
     # Folder of cached instance embeddings: e0 of every training example is computed once, kept there (keyed by
     # the encoder's checksum, pooling, dtype, task, instance length) and fed to the step instead of the instance
@@ -165,6 +166,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_skills = 100  # K, codebook size (the paper does not state it).
     c.prompt_length = 64  # L, soft tokens per instance (the paper).
     c.beta = 1.0  # Weight of the codebook loss; Eq. 5 adds it unweighted.
+    # Diagnostic only (the skills premise test's oracle): an .npz of instance embeddings `keys` [N, m] and skill
+    # indices `skills` [N]; each instance then uses the skill of its nearest key instead of its nearest skill
+    # vector (sharpt_jax.models.sharpt.OracleRouting). "" = the method's own routing.
+    c.oracle_routing = ""
+    # PromptTuning's start: words whose T5 token rows the sampled-vocabulary init never draws (each must be one
+    # piece of the T5 vocabulary), e.g. instruction tokens that would start the prompt solved.
+    c.prompt_init_exclude = ()
     # Codebook health, where the codebook trains (source stage; sharpt_jax.codebook_health): the skill vectors' start,
     # random (the paper) | kmeans (k-means centroids of the first batches' instance embeddings), and the period in
     # steps of dead-skill restarts (0 = none): a skill no instance chose in a period is re-seated on a far instance.

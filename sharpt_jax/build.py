@@ -8,25 +8,24 @@ raises `ConfigError` with one line that says what to change; run.py prints it in
 import dataclasses
 import functools
 import hashlib
-import json
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import safetensors.numpy
 import seqio
 from flax import nnx
 from jax.experimental import multihost_utils
 
 import tasks
-from sharpt_jax import checkpoints, data, errors, hf, hf_weights, optim, scoring, sharding
+from sharpt_jax import checkpoints, data, errors, hf, hf_weights, optim, scoring, sharding, source_stage
 from sharpt_jax.errors import ConfigError
 from sharpt_jax.models import methods
-from sharpt_jax.models.sharpt import SharPT
+from sharpt_jax.models.encoder import POOLINGS
+from sharpt_jax.models.sharpt import OracleRouting, SharPT
 from sharpt_jax.models.t5 import T5, T5Config
-from tasks import files, mixtures, registry, sources
+from tasks import files, mixtures, registry, skills_world, sources
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 RANDOM_T5 = "random"
@@ -41,7 +40,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "stage": methods.STAGES,
         "optimizer": optim.OPTIMIZERS,
         "backbone_dtype": tuple(DTYPES),
-        "encoder_pooling": ("cls", "pooler", "mean"),
+        "encoder_pooling": POOLINGS,
         "eval.scoring": scoring.SCORING,
         "codebook_init": ("random", "kmeans"),
     }
@@ -69,15 +68,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"config.codebook_restart_every must be >= 0 (0 = no restarts), got {config.codebook_restart_every}"
         )
     train_task_names(config)  # Unknown task names, before the source checkpoint is asked for.
-    if needs_source(config) and config.mode == "train" and not config.source_checkpoint:
-        raise ConfigError(
-            f"method {config.method} in stage target starts from a source run: set "
-            "--config.source_checkpoint=SRC_DIR (the workdir of configs/source_mix.py)"
-        )
-    source = Path(config.source_checkpoint)
-    has_source = (source / ADAPTER_CONFIG).is_file() or any(source.glob("checkpoints/[0-9]*"))
-    if needs_source(config) and config.mode == "train" and not has_source:
-        raise _no_source_checkpoints(source)  # Found before the models are loaded (restore_source reads it after).
+    if config.mode == "train":
+        source_stage.check_given(config)  # Before the models are loaded (restore_source reads it after).
 
 
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:
@@ -201,9 +193,10 @@ def configure_tasks(config: ml_collections.ConfigDict, files: Files | None) -> t
 def train_task_names(config: ml_collections.ConfigDict) -> list[str]:
     """The seqio names of `config.task`'s tasks or mixture (a `files:PATH` task registered with `config.files`);
     ConfigError, with the closest names, for an unknown one or a task folder that cannot be used."""
-    try:  # A `files:PATH` task is registered here (tasks/files.py), so it is known below.
-        short = [n.removeprefix(registry.PREFIX) for n in files.resolve(config.task, config.get("files"))]
-    except sources.DataError as err:
+    try:  # `files:PATH` and `skills:SPEC@N` tasks are registered here (tasks/files.py, skills_world.py).
+        resolved = files.resolve(config.task, config.get("files"))
+        short = [skills_world.resolve(n).removeprefix(registry.PREFIX) for n in resolved]
+    except (sources.DataError, skills_world.SpecError) as err:
         raise ConfigError(f"config.task={config.task!r}: {err}") from err
     known = [n.removeprefix(registry.PREFIX) for n in (*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names())]
     for name in short:
@@ -350,113 +343,40 @@ def build_model(config: ml_collections.ConfigDict, files: Files, mesh: jax.shard
         num_skills=config.num_skills,
         beta=config.beta,
         rngs=nnx.Rngs(config.seed),
+        # .get: configs of serving (model_config) and of runs recorded before these fields existed lack them.
+        prompt_init_exclude=tuple(_token_id(word) for word in config.get("prompt_init_exclude", ())),
     )
+    if config.get("oracle_routing"):
+        model.oracle = oracle_routing(config, model)
     return model, identity
 
 
-# ---------------------------------------------------------------------------------------------
-# Target stage: start from the source run.
-# ---------------------------------------------------------------------------------------------
+def _token_id(word: str) -> int:
+    """The id of a word that is one piece of the configured T5 vocabulary (config.prompt_init_exclude)."""
+    ids = registry.OUTPUT_FEATURES["targets"].vocabulary.encode(word)
+    if len(ids) != 1:
+        raise ConfigError(f"config.prompt_init_exclude: {word!r} is not one piece of the T5 vocabulary ({ids})")
+    return ids[0]
 
 
-def needs_source(config: ml_collections.ConfigDict) -> bool:
-    """Whether the run starts from a source run: the target stage of a method that transfers."""
-    return methods.get(config.method).transferred is not None and config.stage == "target"
-
-
-def check_same_models(
-    saved: dict,
-    current: dict,
-    where: str,
-    error: type[ConfigError] = ConfigError,
-    fix: str = "set --config.{part} to that run's",
-) -> None:
-    """`error` unless the frozen T5 and encoder recorded in `saved` ({"t5": {"path", "checksum"}, "encoder": ...},
-    of the run or adapter named by `where`) are the ones of `current` (built here); `fix` ends the message."""
-    for part in ("t5", "encoder"):
-        theirs, ours = saved[part], current[part]
-        if theirs["checksum"] != ours["checksum"]:
-            raise error(
-                f"{where} was trained with {part} {theirs['path']} (sha256 {theirs['checksum'][:12]}), here it is "
-                f"{ours['path']} (sha256 {ours['checksum'][:12]}); " + fix.format(part=part)
-            )
-
-
-# An exported adapter's files (`sharpt_jax.serving.export`): a published source stage, reused without its run.
-ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter.json", "adapter.safetensors"
-
-
-def _no_source_checkpoints(src: Path) -> ConfigError:
-    return ConfigError(
-        f"config.source_checkpoint={src}: no checkpoints under {src / 'checkpoints'} (nor an exported source "
-        f"adapter, {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})"
-    )
-
-
-def restore_source(model, config: ml_collections.ConfigDict, identity: dict) -> dict:
-    """Loads what the source stage of `config.method` trained (SharPT: codebook and generator) from
-    `config.source_checkpoint` into `model`, after checking that the source stage used the same frozen T5 and
-    instance encoder and the same shapes. The source is a source run's workdir (its checkpoint
-    `config.source_step`, default the last) or an exported adapter of a source run (adapter.json and
-    adapter.safetensors). Returns {"workdir", "step"} for the records (an adapter's folder and its run's step)."""
-    src = Path(config.source_checkpoint)
-    if (src / ADAPTER_CONFIG).is_file():
-        return _restore_source_adapter(model, config, identity, src)
-    if not (src / "checkpoints").is_dir():  # Checked before opening it: opening would create the folder.
-        raise _no_source_checkpoints(src)
-    ckpts = checkpoints.Checkpoints(src)
+def oracle_routing(config: ml_collections.ConfigDict, model: SharPT) -> OracleRouting:
+    """The oracle-routing diagnostic of `config.oracle_routing` (see configs/common.py), checked against the model."""
+    if model.codebook is None:
+        raise ConfigError(f"config.oracle_routing is set, but method {config.method} has no codebook to route to")
     try:
-        steps = ckpts.all_steps()
-        if not steps:
-            raise _no_source_checkpoints(src)
-        step = steps[-1] if config.source_step < 0 else config.source_step
-        if step not in steps:
-            raise ConfigError(f"config.source_step={step}: {src} has checkpoints of steps {steps}")
-        meta = ckpts.metadata(step)
-        _check_source(str(src), meta["method"], meta["stage"], meta["identity"], meta["config"], config, identity)
-        source_params = nnx.state(model, optim.path_filter(methods.get(config.method).transferred))
-        nnx.update(model, ckpts.restore_params(step, source_params))
-    finally:
-        ckpts.close()
-    return {"workdir": str(src.absolute()), "step": step}
-
-
-def _restore_source_adapter(model, config: ml_collections.ConfigDict, identity: dict, src: Path) -> dict:
-    """`restore_source` from an exported adapter of a source run: same checks, its weights placed where the
-    model's initial values are."""
-    adapter = json.loads((src / ADAPTER_CONFIG).read_text())
-    step = adapter["run"]["step"]
-    if config.source_step >= 0 and config.source_step != step:
-        raise ConfigError(f"config.source_step={config.source_step}: the adapter {src} holds step {step} only")
-    _check_source(str(src), adapter["method"], adapter["stage"], adapter, adapter["model"], config, identity)
-    weights = safetensors.numpy.load_file(src / ADAPTER_WEIGHTS)
-    flat = nnx.to_flat_state(nnx.state(model, optim.path_filter(methods.get(config.method).transferred)))
-    expected = {optim.path_str(path): tuple(v.shape) for path, v in flat}
-    if any(name not in weights or weights[name].shape != shape for name, shape in expected.items()):
-        found = {name: value.shape for name, value in weights.items()}
-        raise ConfigError(f"{src / ADAPTER_WEIGHTS}: weights {found}, a {config.method} source stage has {expected}")
-    restored = [
-        (path, v.replace(jax.device_put(weights[optim.path_str(path)].astype(v.dtype), v[...].sharding)))
-        for path, v in flat
-    ]
-    nnx.update(model, nnx.from_flat_state(restored))
-    return {"workdir": str(src.absolute()), "step": step}
-
-
-def _check_source(
-    where: str, method: str, stage: str, models: dict, fields: dict, config: ml_collections.ConfigDict, identity
-) -> None:
-    """ConfigError unless the source `where` (a run or an adapter) is a source stage of `config.method` with the
-    frozen models of `identity` and the run's num_skills and prompt_length (`fields`)."""
-    if (method, stage) != (config.method, "source"):
-        raise ConfigError(f"{where} is a {method} {stage}-stage run, not a {config.method} source-stage run")
-    check_same_models(models, identity, where)
-    for field in ("num_skills", "prompt_length"):
-        if fields[field] != config[field]:
-            raise ConfigError(
-                f"{where} was trained with {field}={fields[field]}, this run has {config[field]}; "
-                f"set --config.{field}={fields[field]}"
-            )
+        with np.load(Path(config.oracle_routing).expanduser()) as saved:
+            keys, skills = saved["keys"], saved["skills"]
+    except (OSError, KeyError, ValueError) as err:
+        raise ConfigError(
+            f"config.oracle_routing={config.oracle_routing}: not an .npz of keys and skills ({err})"
+        ) from err
+    num_skills, features = model.codebook.embeddings.shape
+    if keys.ndim != 2 or keys.shape[1] != features or skills.shape != keys.shape[:1] or skills.max() >= num_skills:
+        raise ConfigError(
+            f"config.oracle_routing={config.oracle_routing}: keys {keys.shape} and skills {skills.shape} do not fit "
+            f"a codebook of {num_skills} vectors of width {features}"
+        )
+    return OracleRouting(keys, skills)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,11 +407,11 @@ class RunModel:
         """(graphdef, trainable, frozen) placed on the mesh; the trainable part holds the initial values."""
         config, mesh = self.config, self.setup.mesh
         model, identity = build_model(config, self.setup.files, mesh)
-        check_same_models(metadata["identity"], identity, "the run being scored")
+        source_stage.check_same_models(metadata["identity"], identity, "the run being scored")
         if metadata.get("source"):
             source = config.copy_and_resolve_references()
             source.source_checkpoint, source.source_step = metadata["source"]["workdir"], metadata["source"]["step"]
-            restore_source(model, source, identity)
+            source_stage.restore_source(model, source, identity)
         graphdef, trainable, frozen = optim.split_model(model, config.method, config.stage)
         trainable = jax.device_put(trainable, sharding.state_shardings(trainable, mesh))
         return graphdef, trainable, jax.device_put(frozen, sharding.state_shardings(frozen, mesh))

@@ -43,6 +43,7 @@ from sharpt_jax import (
     optim,
     scoring,
     sharding,
+    source_stage,
     storage,
     workdir_lock,
 )
@@ -249,7 +250,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     # -- Set-up and model: build, start from the source run (target stage), split into trainable and frozen. --
     setup = build.prepare(config)
     model, identity = build.build_model(config, setup.files, setup.mesh)
-    source = build.restore_source(model, config, identity) if build.needs_source(config) else None
+    source = source_stage.restore_source(model, config, identity) if source_stage.needs_source(config) else None
     # With config.instance_embedding_cache, each training example's e0 is computed once (or read back) and the
     # batches carry it, so the step never runs the encoder (sharpt_jax.embedding_cache); None otherwise.
     embeddings = embedding_cache.for_run(config, setup.train_task, model, identity, setup.mesh)

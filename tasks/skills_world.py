@@ -28,6 +28,7 @@ Scoring: exact match of the whole word list and token accuracy (position-wise), 
 
 import dataclasses
 import functools
+import re
 import zlib
 
 import numpy as np
@@ -80,43 +81,53 @@ TARGET_CATEGORIES = ("body", "weather")
 
 
 @dataclasses.dataclass(frozen=True)
+class Behaviour:
+    """One behaviour of a task: instances written with `phrase`, their words drawn from the pooled `categories`,
+    their targets made by `skill`."""
+
+    skill: str
+    phrase: str
+    categories: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class SkillTask:
     """One task of the world.
 
     Attributes:
       name: the short name; the seqio task is `sharpt_skills_<name>` (plus `_n<N>` for target sizes).
-      phrase: the words before the colon, which name the task to the instance encoder.
-      skills: one skill applied to words drawn from all `categories`, or one skill per category (the instance
-        draws its category, then its words from that category alone, and gets that category's skill).
-      categories: where the words come from.
+      behaviours: what its instances do. With one behaviour every instance uses it; with several (an
+        instance-mixed task) each instance first draws its behaviour uniformly, then its words from that
+        behaviour's categories, and is written with that behaviour's phrase.
       num_train: training examples (the largest size for targets).
       num_validation, num_test: the fixed held-out splits.
     """
 
     name: str
-    phrase: str
-    skills: tuple[str, ...]
-    categories: tuple[str, ...]
+    behaviours: tuple[Behaviour, ...]
     num_train: int
     num_validation: int = 100
     num_test: int = 200
 
+    @property
+    def skills(self) -> tuple[str, ...]:
+        return tuple(b.skill for b in self.behaviours)
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c for b in self.behaviours for c in b.categories))
+
     def example(self, rng: np.random.Generator) -> dict[str, str]:
         """One raw example {"inputs", "targets", "skill", "category"} drawn with `rng`."""
         length = int(rng.integers(MIN_WORDS, MAX_WORDS + 1))
-        if len(self.skills) == 1:
-            skill, category = self.skills[0], "+".join(self.categories)
-            pool = [w for c in self.categories for w in WORDS[c]]
-        else:
-            i = int(rng.integers(len(self.skills)))
-            skill, category = self.skills[i], self.categories[i]
-            pool = list(WORDS[category])
+        behaviour = self.behaviours[0 if len(self.behaviours) == 1 else int(rng.integers(len(self.behaviours)))]
+        pool = [w for c in behaviour.categories for w in WORDS[c]]
         words = [pool[i] for i in rng.choice(len(pool), length, replace=False)]
         return {
-            "inputs": f"{self.phrase}: {' '.join(words)}",
-            "targets": " ".join(SKILLS[skill](words)),
-            "skill": skill,
-            "category": category,
+            "inputs": f"{behaviour.phrase}: {' '.join(words)}",
+            "targets": " ".join(SKILLS[behaviour.skill](words)),
+            "skill": behaviour.skill,
+            "category": "+".join(behaviour.categories),
         }
 
     def examples(self, split: str, num: int | None = None) -> list[dict[str, str]]:
@@ -129,8 +140,17 @@ class SkillTask:
         return [self.example(rng) for _ in range(num)]
 
 
+def _task(name: str, phrase: str, skills: tuple[str, ...], categories: tuple[str, ...], num_train: int) -> SkillTask:
+    """A task of the original world: one skill on words of all `categories`, or one skill per category."""
+    if len(skills) == 1:
+        return SkillTask(name, (Behaviour(skills[0], phrase, categories),), num_train)
+    return SkillTask(
+        name, tuple(Behaviour(s, phrase, (c,)) for s, c in zip(skills, categories, strict=True)), num_train
+    )
+
+
 SOURCES = tuple(
-    SkillTask(name, phrase, (name,), SOURCE_CATEGORIES, num_train=2000)
+    _task(name, phrase, (name,), SOURCE_CATEGORIES, num_train=2000)
     for name, phrase in (
         ("copy", "repeat the words"),
         ("reverse", "reverse the order"),
@@ -143,10 +163,10 @@ SOURCES = tuple(
     )
 )
 TARGETS = (
-    SkillTask("reverse_shift", "say it backwards", ("reverse",), TARGET_CATEGORIES, num_train=256),
-    SkillTask("sort_shift", "put in alphabetical order", ("sort",), TARGET_CATEGORIES, num_train=256),
-    SkillTask("sort_or_reverse", "rearrange the words", ("sort", "reverse"), TARGET_CATEGORIES, num_train=256),
-    SkillTask("swap", "swap neighbouring pairs", ("swap",), TARGET_CATEGORIES, num_train=256),
+    _task("reverse_shift", "say it backwards", ("reverse",), TARGET_CATEGORIES, num_train=256),
+    _task("sort_shift", "put in alphabetical order", ("sort",), TARGET_CATEGORIES, num_train=256),
+    _task("sort_or_reverse", "rearrange the words", ("sort", "reverse"), TARGET_CATEGORIES, num_train=256),
+    _task("swap", "swap neighbouring pairs", ("swap",), TARGET_CATEGORIES, num_train=256),
 )
 TARGET_SIZES = (16, 64, 256)
 TASKS = {t.name: t for t in SOURCES + TARGETS}
@@ -156,16 +176,131 @@ INSTRUCTION = "do_{}"  # The backbone's instruction word for a skill.
 
 
 def task_name(target: str, num_train: int | None = None) -> str:
-    """The seqio name of a task ("sharpt_skills_swap") or of a target at a training size ("..._n16")."""
-    if target not in TASKS:
-        raise KeyError(f"unknown skills task {target!r}; tasks are {', '.join(TASKS)}")
+    """The seqio name of a task ("sharpt_skills_swap") or of a target at a training size ("..._n16"); a task
+    made from a spec has only its sizes (`register_spec`)."""
+    if target not in TASKS and target not in SPEC_TASKS:
+        raise KeyError(f"unknown skills task {target!r}; tasks are {', '.join(TASKS)} and registered specs")
     return PREFIX + target + ("" if num_train is None else f"_n{num_train}")
 
 
 def base_task(name: str) -> SkillTask:
     """The SkillTask of a seqio name (with or without prefix and size suffix)."""
     short = name.removeprefix(PREFIX).removeprefix("skills_")
-    return TASKS[short.rsplit("_n", 1)[0] if short not in TASKS else short]
+    known = {**TASKS, **SPEC_TASKS}
+    return known[short.rsplit("_n", 1)[0] if short not in known else short]
+
+
+# ---------------------------------------------------------------------------------------------
+# Target specs: a task of the world written as one string (configs/skills.py, --config.skills.targets).
+# ---------------------------------------------------------------------------------------------
+
+SPEC_GRAMMAR = "[NAME=]SKILL:PHRASE:CAT[+CAT...][;SKILL:PHRASE:CAT[+CAT...]...][@N], or a world task's name[@N]"
+SCHEME = "skills:"  # config.task = "skills:SPEC@N" names a spec target (`resolve`).
+SPEC_TASKS: dict[str, SkillTask] = {}  # The tasks made from specs so far, by name (beside TASKS).
+_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+class SpecError(ValueError):
+    """A target spec that does not follow SPEC_GRAMMAR; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A parsed target spec: the task, and its training size (None: the experiment's sizes)."""
+
+    spec: str
+    task: SkillTask
+    num_train: int | None
+
+
+def parse_spec(spec: str) -> Target:
+    """A target spec -> Target (nothing registered).
+
+    "A4=sort:sort alphabetically:body;reverse:reverse the order:weather@16" is the instance-mixed task A4 (body
+    words sorted under one phrase, weather words reversed under another) with 16 training examples. Without
+    NAME= the name is made from the behaviours. A world task's name ("reverse_shift", or a source such as
+    "reverse") is that task, unchanged. Examples are drawn from the world seed and the name, so one name always
+    means the same examples, and the sizes of a name are nested.
+    """
+    text, num_train = spec.strip(), None
+    if "@" in text:
+        text, _, size = text.rpartition("@")
+        if not size.strip().isdigit() or int(size) <= 0:
+            raise SpecError(
+                f"target spec {spec!r}: the size after @ must be a positive integer; grammar {SPEC_GRAMMAR}"
+            )
+        num_train = int(size)
+    name, eq, body = text.partition("=")
+    name, body = (name.strip(), body.strip()) if eq else ("", text)
+    if ":" not in body:  # A world task by name.
+        if body not in TASKS or (name and name != body):
+            raise SpecError(
+                f"target spec {spec!r}: {body!r} is not a world task ({', '.join(TASKS)}); grammar {SPEC_GRAMMAR}"
+            )
+        return Target(spec, TASKS[body], num_train)
+    behaviours = tuple(_behaviour(part, spec) for part in body.split(";"))
+    name = name or re.sub(r"_+", "_", re.sub(r"\W", "_", "_".join(_label(b) for b in behaviours))).strip("_")
+    if not _NAME.fullmatch(name) or re.search(r"_n\d+$", name):
+        raise SpecError(f"target spec {spec!r}: name {name!r} must be letters, digits and _, not ending _n<N>")
+    if name in TASKS and TASKS[name].behaviours != behaviours:
+        raise SpecError(f"target spec {spec!r}: {name!r} is a world task with other behaviours; choose another NAME=")
+    task = TASKS.get(name) or SkillTask(name, behaviours, num_train=max(num_train or 0, *TARGET_SIZES))
+    return Target(spec, task, num_train)
+
+
+def _behaviour(part: str, spec: str) -> Behaviour:
+    fields = [f.strip() for f in part.split(":")]
+    if len(fields) != 3 or not all(fields):
+        raise SpecError(f"target spec {spec!r}: {part!r} is not SKILL:PHRASE:CAT[+CAT]; grammar {SPEC_GRAMMAR}")
+    skill, phrase, categories = fields[0], " ".join(fields[1].split()), tuple(c.strip() for c in fields[2].split("+"))
+    if skill not in SKILLS:
+        raise SpecError(f"target spec {spec!r}: unknown skill {skill!r}; skills are {', '.join(SKILLS)}")
+    unknown = [c for c in categories if c not in WORDS]
+    if unknown or len(set(categories)) < len(categories):
+        raise SpecError(f"target spec {spec!r}: categories must be distinct, of {', '.join(WORDS)}; got {categories}")
+    if len([w for c in categories for w in WORDS[c]]) < MAX_WORDS:
+        raise SpecError(f"target spec {spec!r}: too few words")
+    return Behaviour(skill, phrase, categories)
+
+
+def _label(behaviour: Behaviour) -> str:
+    return f"{behaviour.skill} {behaviour.phrase} {' '.join(behaviour.categories)}".lower()
+
+
+def register_spec(spec: str) -> Target:
+    """Parses a target spec and remembers its task (an error if its name means another task); its seqio tasks
+    are then registered size by size with `register_size`."""
+    target = parse_spec(spec)
+    known = SPEC_TASKS.get(target.task.name, TASKS.get(target.task.name))
+    if known is not None and known.behaviours != target.task.behaviours:
+        raise SpecError(f"target spec {spec!r}: the name {target.task.name!r} is taken by another spec; give NAME=")
+    if known is None:
+        SPEC_TASKS[target.task.name] = target.task
+    return target
+
+
+def register_size(task: SkillTask, num_train: int) -> str:
+    """Registers (once) the seqio task of `task` with its first `num_train` training examples; returns its
+    short name without the "sharpt_" prefix (what config.task takes), e.g. "skills_a1_n16"."""
+    name = task_name(task.name, num_train)
+    if name not in seqio.TaskRegistry.names():
+        _register(name, task, num_train)
+    return name.removeprefix(registry.PREFIX)
+
+
+def resolve(name: str) -> str:
+    """A task name as config.task gives it -> the registered task's name without the "sharpt_" prefix.
+
+    "skills:SPEC@N" (SCHEME, then a spec with its size) registers the spec's task at size N on first use, so a run
+    of a spec target can be named, resumed and scored again by any process from its config alone; any other name
+    is returned as it is.
+    """
+    if not name.startswith(SCHEME):
+        return name
+    target = register_spec(name.removeprefix(SCHEME))
+    if target.num_train is None:
+        raise SpecError(f"task {name!r}: a {SCHEME} task name gives its training size, {SCHEME}SPEC@N")
+    return register_size(target.task, target.num_train)
 
 
 def pretraining_example(rng: np.random.Generator) -> dict[str, str]:
@@ -179,15 +314,15 @@ def pretraining_example(rng: np.random.Generator) -> dict[str, str]:
     words = [ALL_WORDS[i] for i in rng.choice(len(ALL_WORDS), length, replace=False)]
     parts = [INSTRUCTION.format(skill)]
     if rng.random() < 0.5:
-        parts.append(list(TASKS.values())[int(rng.integers(len(TASKS)))].phrase + ":")
+        parts.append(list(TASKS.values())[int(rng.integers(len(TASKS)))].behaviours[0].phrase + ":")
     return {"inputs": " ".join(parts + words), "targets": " ".join(SKILLS[skill](words)), "skill": skill}
 
 
 def vocabulary_words() -> list[str]:
     """Every whitespace-separated word the world writes (the T5 vocabulary is one piece per word)."""
     words = set(ALL_WORDS) | {INSTRUCTION.format(s) for s in SKILLS}
-    for task in TASKS.values():
-        *head, last = task.phrase.split()
+    for phrase in {b.phrase for task in TASKS.values() for b in task.behaviours}:
+        *head, last = phrase.split()
         words.update(head + [last + ":"])
     return sorted(words)
 

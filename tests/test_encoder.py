@@ -53,6 +53,8 @@ def hf_reference(model, input_ids, attention_mask, token_type_ids=None) -> dict[
     hidden = out.last_hidden_state.numpy()
     weights = np.asarray(attention_mask, np.float32)[..., None]
     ref = {"cls": hidden[:, 0], "mean": (hidden * weights).sum(1) / weights.sum(1)}
+    # sentence-transformers' Normalize module: torch.nn.functional.normalize of the mean.
+    ref["mean_normalized"] = torch.nn.functional.normalize(torch.tensor(ref["mean"]), dim=-1).numpy()
     if out.pooler_output is not None:
         ref["pooler"] = out.pooler_output.numpy()
     return ref

@@ -20,6 +20,7 @@ LAYERS = (
         (
             "sharpt_jax.errors",
             "sharpt_jax.hf_weights",
+            "sharpt_jax.source_stage",
             "sharpt_jax.hf",
             "sharpt_jax.sharding",
             "sharpt_jax.storage",

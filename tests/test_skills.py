@@ -58,14 +58,14 @@ def test_examples_format_and_ground_truth(name):
     assert len(examples) == task.num_validation
     for ex in examples:
         phrase, words = ex["inputs"].split(": ")
-        assert phrase == task.phrase
         words = words.split()
         assert skills_world.MIN_WORDS <= len(words) <= skills_world.MAX_WORDS and len(set(words)) == len(words)
         assert ex["targets"] == " ".join(skills_world.SKILLS[ex["skill"]](words))
         allowed = {w for c in ex["category"].split("+") for w in skills_world.WORDS[c]}
         assert set(words) <= allowed
-        if len(task.skills) > 1:  # The instance's category decides its skill.
-            assert ex["skill"] == task.skills[task.categories.index(ex["category"])]
+        # The instance's behaviour (one per category in sort_or_reverse) decides its phrase and skill.
+        (behaviour,) = [b for b in task.behaviours if "+".join(b.categories) == ex["category"]]
+        assert (phrase, ex["skill"]) == (behaviour.phrase, behaviour.skill)
     categories = {c for t in skills_world.TARGETS for c in t.categories}
     assert not categories & set(skills_world.SOURCE_CATEGORIES)
 

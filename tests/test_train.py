@@ -16,7 +16,7 @@ from tiny_run import cli_overrides, kill_once_saved, make_assets, tiny_config
 
 from configs import source_mix as source_config
 from configs import target as target_config
-from sharpt_jax import build, checkpoints, train, workdir_lock
+from sharpt_jax import build, checkpoints, source_stage, train, workdir_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def test_target_starts_from_the_source_codebook_and_generator(assets, source_run
     files = build.resolve_files(target)
     build.configure_tasks(target, files)
     model, identity = build.build_model(target, files, build.make_mesh(target))
-    record = build.restore_source(model, target, identity)
+    record = source_stage.restore_source(model, target, identity)
     assert record == {"workdir": str(source.absolute()), "step": 10}
     saved = saved_state(source, 10)
     restored = {"codebook": model.codebook, "generator": model.generator}

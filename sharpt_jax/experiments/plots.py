@@ -84,6 +84,25 @@ def task_relations(usage: dict[str, list], out: Path) -> None:
     _save(fig, out)
 
 
+def scatter(panels: dict[str, dict[str, list]], out: Path, *, xlabel: str, ylabel: str) -> None:
+    """One panel per entry of `panels` ({title: {group: [(x, y, label), ...]}}), one marker colour per group and
+    each point annotated with its label."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.0), squeeze=False)
+    for ax, (title, groups) in zip(axes[0], panels.items(), strict=True):
+        for group, points in groups.items():
+            if points:
+                xs, ys, labels = zip(*points, strict=True)
+                ax.scatter(xs, ys, label=group)
+                for x, y, label in points:
+                    ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(0.0, color="gray", lw=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8, loc="best")
+    _save(fig, out)
+
+
 def _save(fig, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=100)

@@ -26,8 +26,8 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from sharpt_jax import build, checkpoints, data, embedding_cache, evaluate, storage, train
-from sharpt_jax.experiments import skills_report
+from sharpt_jax import build, checkpoints, data, embedding_cache, storage
+from sharpt_jax.experiments import skills_premise, skills_report, skills_runs
 from sharpt_jax.models import methods
 from tasks import skills_world
 
@@ -50,15 +50,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Runs (or continues) the whole experiment in `workdir`; returns the content of results.json."""
     workdir = Path(workdir)
     spec = config.skills
+    if spec.get("variant") == "premise":
+        return skills_premise.run(config, workdir)
     unknown = [m for m in spec.methods if m not in METHODS]
     if unknown:
         raise build.ConfigError(f"config.skills.methods: unknown {unknown}; choose from {', '.join(METHODS)}")
     started = time.perf_counter()
-    if not jax.config.jax_compilation_cache_dir:
-        # Hundreds of runs compile the same few steps (one per method and learning rate): XLA's persistent
-        # cache turns every compile after the first into a lookup (tracing still happens).
-        jax.config.update("jax_compilation_cache_dir", str(workdir / "xla_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    skills_runs.use_compilation_cache(workdir)
 
     # ---------------------------------------------------------------------------------------------
     # Source stage: one run per seed for each method that transfers.
@@ -70,7 +68,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
             source.learning_rate, source.num_train_steps = spec.source_learning_rate, spec.source_steps
             source.save_every = spec.source_steps
             sources[method, seed] = workdir / method / "source" / f"seed{seed}"
-            record = train_and_score(source, sources[method, seed], workdir)
+            record = skills_runs.train_and_score(source, sources[method, seed], workdir)
             print(f"[skills] {method} source seed {seed}: validation {record['validation']:.1f}", flush=True)
 
     # ---------------------------------------------------------------------------------------------
@@ -131,7 +129,7 @@ def target_run(config, workdir: Path, sources: dict, method: str, target: str, s
     cfg.save_every = config.skills.target_save_every
     if transfers:
         cfg.source_checkpoint = str(sources[method, seed])
-    record = train_and_score(cfg, run_dir, workdir)
+    record = skills_runs.train_and_score(cfg, run_dir, workdir)
     record.update(method=method, target=target, task=target, num_train=size, learning_rate=rate, seed=seed)
     print(
         f"[skills] {method:13s} {target:15s} n={size:<3d} lr={rate:<6g} seed {seed}: "
@@ -140,35 +138,6 @@ def target_run(config, workdir: Path, sources: dict, method: str, target: str, s
         flush=True,
     )
     return record
-
-
-def train_and_score(cfg, run_dir: Path, workdir: Path) -> dict:
-    """Trains and scores one run (or reads back its record.json); returns the record (`run`: its folder
-    relative to the experiment's workdir)."""
-    done = run_dir / "record.json"
-    if done.exists():
-        return storage.read_json(done)
-    started = time.perf_counter()
-    train.train(cfg, run_dir)
-    best = evaluate.evaluate_checkpoints(cfg, run_dir)
-    test = best["test"] or {}
-    record = {
-        "run": str(run_dir.relative_to(workdir)),
-        "best_step": best["step"],
-        "validation": best["validation"]["score"],
-        "test": _mean_metric(test, "exact_match"),
-        "test_token_accuracy": _mean_metric(test, "token_accuracy"),
-        "seconds": time.perf_counter() - started,
-    }
-    if jax.process_index() == 0:
-        storage.write_json(done, record)
-    return record
-
-
-def _mean_metric(metrics: dict, name: str) -> float:
-    """The metric of a single task, or its mean over a mixture's tasks ("<task>/<name>")."""
-    values = [v for k, v in metrics.items() if k == name or k.endswith("/" + name)]
-    return float(np.mean(values)) if values else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,13 @@
   skill_usage.png      which skill vector the test instances of every task choose, by true skill (seed 0)
   task_relations.png   the paper's Figure 3 for this world: cosine similarity of the tasks' average one-hot
                        skill choices (seed 0)
+
+`write_premise(results, workdir)` writes the premise test's (sharpt_jax/experiments/skills_premise.py):
+  results.json         the records, routing, sources, predictions with their status, the paired table
+  results.md           the predictions held / failed, one table per stratum (step 0 and every size, routing),
+                       the paired differences, the source replay, the source stage, the share of runs that peak
+                       at their last checkpoint
+  gain_vs_routing.png  SharPT's step-0 score and its gain over no source training against routing, per target
 """
 
 import math
@@ -16,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from sharpt_jax import storage
-from sharpt_jax.experiments import plots
+from sharpt_jax.experiments import plots, skills_stats
 from sharpt_jax.models import methods
 from tasks import skills_world
 
@@ -251,3 +258,113 @@ def plot_task_relations(codebook: dict, out: Path) -> None:
     """Figure 3 of one source run's codebook choices ({"tasks": {task: {"counts": [[K] per true skill]}}})."""
     usage = {task: np.asarray(entry["counts"]).sum(0) for task, entry in codebook["tasks"].items()}
     plots.task_relations(usage, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The premise test.
+# ---------------------------------------------------------------------------------------------
+
+PREMISE_TITLES = {"sharpt_oracle": "SharPT, oracle routing", "no_latent_no_source": "no latent space, no source"}
+
+
+def write_premise(results: dict, workdir: Path) -> None:
+    results["paired"] = skills_stats.paired_table(results["runs"])
+    results["prediction_status"] = skills_stats.check_predictions(results)
+    storage.write_json(workdir / "results.json", results)
+    text = premise_markdown(results)
+    storage.write_text(workdir / "results.md", text)
+    plot_gain_vs_routing(results, workdir / "gain_vs_routing.png")
+    print(text, flush=True)
+
+
+def premise_markdown(results: dict) -> str:
+    lines = ["Predictions (configs/skills.py PREDICTIONS, written before any run):", ""]
+    lines += ["| prediction | status | numbers |", "|---|---|---|"]
+    lines += [f"| {p['text']} | {p['status']} | {p['detail']} |" for p in results["prediction_status"]]
+    by_cell = skills_stats.cells(results["runs"])
+    routes = skills_stats.routing_by_target(results["routing"])
+    sizes = sorted({r["num_train"] for r in results["runs"]})
+    methods = list(dict.fromkeys(r["method"] for r in results["runs"]))
+    for stratum in dict.fromkeys(t["stratum"] for t in results["targets"]):
+        names = [t["target"] for t in results["targets"] if t["stratum"] == stratum]
+        columns = [(m, n) for m in methods for n in sizes if any((t, m, n) in by_cell for t in names)]
+        lines += [
+            "",
+            f"Stratum {stratum}: test exact match, mean +- std over seeds (n = 0: before any target step).",
+            "",
+        ]
+        lines.append("| target | routing | " + " | ".join(f"{premise_title(m)} n={n}" for m, n in columns) + " |")
+        lines.append("|---|---|" + "---|" * len(columns))
+        for t in names:
+            row = [_mean_std(by_cell.get((t, m, n))) for m, n in columns]
+            lines.append(f"| {t} | {routes[t]:.2f} | " + " | ".join(row) + " |")
+    lines += ["", "Paired differences SharPT - other, per seed, mean and 95% t interval:", ""]
+    lines += ["| stratum | target | n | other | seeds | mean | 95% interval |", "|---|---|---|---|---|---|---|"]
+    for r in results["paired"]:
+        lines.append(
+            f"| {r['stratum']} | {r['target']} | {r['num_train']} | {premise_title(r['other'])} | {r['seeds']} "
+            f"| {r['mean']:+.1f} | [{r['low']:+.1f}, {r['high']:+.1f}] |"
+        )
+    lines += _source_lines(results)
+    trained = [r for r in results["runs"] if r["num_train"] > 0 and r.get("best_step") is not None]
+    last = sum(r["best_step"] == r["last_step"] for r in trained)
+    diverged = sum("diverged" in r for r in results["runs"])
+    lines += ["", f"Runs whose best checkpoint is their last: {last} of {len(trained)}; diverged runs: {diverged}."]
+    lines += ["", f"Protocol: {results['protocol']}. Wall time {results['seconds'] / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+def _source_lines(results: dict) -> list[str]:
+    """The source stage per (start, seed): each source's validation at the last two evaluations and its test."""
+    skills = [t.name for t in skills_world.SOURCES]
+    lines = [
+        "",
+        "Source stage: per-source validation at the last two evaluations (plateau) -> (test), exact match; the "
+        "codebook on the 8 source tasks' test instances: purity, skill perplexity (8 = one vector per skill), dead "
+        "vectors (of K).",
+        "",
+    ]
+    header = ["start", "seed", *skills, "purity", "perplexity", "dead"]
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for source in results["sources"]:
+        steps = sorted(source["validation_curve"], key=int)[-2:]
+        cells = []
+        for skill in skills:
+            curve = " -> ".join(f"{source['validation_curve'][s][skill]:.0f}" for s in steps)
+            cells.append(f"{curve} ({source['test'][skill]:.0f})")
+        m = contingency_measures(np.asarray([source["counts"][skill] for skill in skills]))
+        cells += [f"{m['purity']:.2f}", f"{m['skill_perplexity']:.1f}", str(m["dead_skills"])]
+        lines.append(f"| {source['start']} | {source['seed']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _mean_std(cell: dict | None) -> str:
+    if not cell:
+        return ""
+    values = np.array(list(cell.values()), np.float64)
+    return f"{values.mean():.1f} +- {values.std(ddof=1) if len(values) > 1 else 0.0:.1f}"
+
+
+def premise_title(method: str) -> str:
+    return PREMISE_TITLES.get(method) or title(method)
+
+
+def plot_gain_vs_routing(results: dict, out: Path) -> None:
+    """Per target (mean over seeds): SharPT's step-0 score, and its gain over no source training at each size,
+    against routing; one colour per stratum."""
+    by_cell = skills_stats.cells(results["runs"])
+    routes = skills_stats.routing_by_target(results["routing"])
+    sizes = sorted({r["num_train"] for r in results["runs"] if r["num_train"] > 0})
+    panels = {"SharPT at step 0": {}, **{f"SharPT - no source training, n={n}": {} for n in sizes}}
+    for t in results["targets"]:
+        name, x = t["target"], routes[t["target"]]
+        if np.isnan(x):
+            continue
+        step0 = skills_stats.mean_test(by_cell.get((name, "sharpt", 0)))
+        panels["SharPT at step 0"].setdefault(t["stratum"], []).append((x, step0, name))
+        for n in sizes:
+            gain = skills_stats.mean_test(by_cell.get((name, "sharpt", n)))
+            gain -= skills_stats.mean_test(by_cell.get((name, "no_source", n)))
+            if not np.isnan(gain):
+                panels[f"SharPT - no source training, n={n}"].setdefault(t["stratum"], []).append((x, gain, name))
+    plots.scatter(panels, out, xlabel="routing (share to the source skill's vector)", ylabel="test exact match")

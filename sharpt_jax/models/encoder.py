@@ -9,6 +9,8 @@ Pooling of the last hidden states h [B, T, m]:
   'cls'     h[:, 0] (the [CLS] / <s> token),
   'pooler'  tanh(dense(h[:, 0])), Hugging Face's `BertPooler` (needs the checkpoint's pooler weights),
   'mean'    the mean of h over the positions where attention_mask is 1.
+  'mean_normalized'  that mean divided by its L2 norm (sentence-transformers' MiniLM pipeline ends with such a
+            Normalize module), so every e0 lies on the unit sphere.
 
 Weights come from a Hugging Face folder through `sharpt_jax.hf.load_encoder`.
 """
@@ -22,7 +24,7 @@ from flax import nnx
 
 from sharpt_jax.models import layers
 
-POOLINGS = ("cls", "pooler", "mean")
+POOLINGS = ("cls", "pooler", "mean", "mean_normalized")
 MODEL_TYPES = ("bert", "roberta")
 # Hugging Face's names: 'gelu' is the exact (erf) GELU, 'gelu_new' and 'gelu_pytorch_tanh' the tanh one.
 ACTIVATIONS = {
@@ -159,7 +161,7 @@ class InstanceEncoder(nnx.Module):
 
     Attributes:
       config: the `BertConfig`.
-      pooling: 'cls', 'pooler' or 'mean' (see the module docstring).
+      pooling: 'cls', 'pooler', 'mean' or 'mean_normalized' (see the module docstring).
       features: the embedding size m (= hidden_size).
     """
 
@@ -204,10 +206,13 @@ class InstanceEncoder(nnx.Module):
         key_mask = attention_mask.astype(bool)[:, None, None, :]
         for layer in self.layers:
             x = layer(x, key_mask)
-        if self.pooling == "mean":
+        if self.pooling.startswith("mean"):
             weights = attention_mask.astype(jnp.float32)[..., None]
             total = jnp.sum(x.astype(jnp.float32) * weights, axis=1)
-            return total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+            mean = total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+            if self.pooling == "mean_normalized":  # torch.nn.functional.normalize's eps.
+                return mean / jnp.maximum(jnp.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
+            return mean
         first = x[:, 0]
         if self.pooling == "pooler":
             first = jnp.tanh(self.pooler(first))

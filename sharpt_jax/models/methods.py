@@ -1,7 +1,7 @@
 """The methods of the paper's tables in one table: what each one builds, trains, exports and transfers.
 
 Every part of the project that depends on the method reads this table: `SharPT` (which modules it builds),
-`optim.split_model` (what trains in each stage: the freeze rule), `build.restore_source` (what a target run takes
+`optim.split_model` (what trains in each stage: the freeze rule), `source_stage.restore_source` (what a target run takes
 from its source run), `serving.export` (what an adapter holds) and the reports (how a table names it). The rules
 are regular expressions over the '/'-joined parameter paths of `SharPT` (e.g. "generator/w1/kernel"); every
 parameter a rule does not match is frozen, left behind or not exported.

@@ -17,10 +17,12 @@ One `SharPT` module serves every method of the paper's tables, chosen by `method
   prompt_tuning  baseline: one learned prompt [L, d] shared by all instances (Lester et al.)
   model_tuning   baseline: no prompt, the T5 itself is trained
 Which parameters train, transfer and export is not decided here: `sharpt_jax.models.methods` holds those rules.
+`SharPT.oracle` (None unless set: `OracleRouting`) is a diagnostic that replaces the nearest-vector choice.
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from sharpt_jax.models import layers, methods
@@ -56,6 +58,30 @@ class Codebook(nnx.Module):
         )
         k = jnp.argmin(distances, axis=-1).astype(jnp.int32)
         return jnp.take(table, k, axis=0), k
+
+
+class OracleRouting(nnx.Module):
+    """Diagnostic routing: each instance uses a given skill vector instead of its nearest one.
+
+    Holds the instance embeddings of every instance a run can see, keys [N, m], and the skill index each must
+    use, skills [N] (e.g. the vector its true skill's source instances choose most). An instance takes the skill
+    of its nearest key, which is its own embedding up to float rounding (cached or recomputed e0 alike). Both
+    are plain `nnx.Variable`s, not parameters: nothing trains, transfers or is saved.
+    """
+
+    def __init__(self, keys, skills):
+        self.keys = nnx.Variable(jnp.asarray(keys, jnp.float32))
+        self.skills = nnx.Variable(jnp.asarray(skills, jnp.int32))
+
+    def __call__(self, e0: jax.Array) -> jax.Array:
+        """e0: [batch, m] -> [batch] int32 skill indices."""
+        keys, e0 = self.keys[...], e0.astype(jnp.float32)
+        distances = (
+            jnp.sum(e0 * e0, axis=-1, keepdims=True)
+            - 2.0 * jnp.dot(e0, keys.T, precision=jax.lax.Precision.HIGHEST)
+            + jnp.sum(keys * keys, axis=-1)[None, :]
+        )
+        return jnp.take(self.skills[...], jnp.argmin(distances, axis=-1))
 
 
 class PromptGenerator(nnx.Module):
@@ -97,7 +123,9 @@ class SharPT(nnx.Module):
         num_skills: int,
         beta: float,
         rngs: nnx.Rngs,
+        prompt_init_exclude: tuple[int, ...] = (),
     ):
+        """`prompt_init_exclude`: token ids whose embedding rows the task prompt's start never draws."""
         spec = methods.get(method)
         if spec.uses_encoder and instance_encoder is None:
             raise ValueError(f"method {method!r} needs an instance encoder")
@@ -110,10 +138,13 @@ class SharPT(nnx.Module):
             PromptGenerator(instance_encoder.features, d_model, prompt_length, rngs=rngs) if spec.uses_encoder else None
         )
         self.prompt = (
-            layers.param(rngs, _sampled_vocab_init(t5), (prompt_length, d_model), ("prompt", "prompt"))
+            layers.param(
+                rngs, _sampled_vocab_init(t5, prompt_init_exclude), (prompt_length, d_model), ("prompt", "prompt")
+            )
             if spec.prompt == "task"
             else None
         )
+        self.oracle: OracleRouting | None = nnx.data(None)  # Set only by the oracle-routing diagnostic.
 
     def prompts(self, batch: dict[str, jax.Array]) -> tuple[jax.Array | None, dict[str, jax.Array]]:
         """The soft prompt of every instance and what the latent space did.
@@ -130,7 +161,11 @@ class SharPT(nnx.Module):
         e0 = self.instance_embedding(batch)
         if self.codebook is None:
             return self.generator(e0), {}
-        e1, skill = self.codebook(e0)
+        if self.oracle is None:
+            e1, skill = self.codebook(e0)
+        else:
+            skill = self.oracle(e0)
+            e1 = jnp.take(self.codebook.embeddings[...].astype(jnp.float32), skill, axis=0)
         return self.generator(e1), {"skill": skill, "codebook_distance": _safe_norm(e0 - e1), "e0": e0}
 
     def instance_embedding(self, batch: dict[str, jax.Array]) -> jax.Array:
@@ -185,14 +220,16 @@ def _safe_norm(x: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1), 1e-12))
 
 
-def _sampled_vocab_init(t5: T5):
+def _sampled_vocab_init(t5: T5, exclude: tuple[int, ...] = ()):
     """Prompt-tuning init from rows of the token embedding table (Lester et al.'s best-performing choice).
 
-    Rows are drawn from the 5,000 lowest ids, which in SentencePiece vocabularies are the most frequent pieces.
+    Rows are drawn from the 5,000 lowest ids, which in SentencePiece vocabularies are the most frequent pieces,
+    leaving out the ids of `exclude` (without any, the draws are those of all 5,000).
     """
+    allowed = jnp.asarray(np.setdiff1d(np.arange(min(5000, t5.config.vocab_size)), np.asarray(exclude, np.int64)))
 
     def init(key, shape, dtype):
-        rows = jax.random.randint(key, (shape[0],), 0, min(5000, t5.config.vocab_size))
+        rows = allowed[jax.random.randint(key, (shape[0],), 0, len(allowed))]
         return t5.embed(rows).astype(dtype)
 
     return init

@@ -43,12 +43,12 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from sharpt_jax import build, checkpoints, hf, optim, sharding, storage
+from sharpt_jax import build, checkpoints, hf, optim, sharding, source_stage, storage
 from sharpt_jax.models import methods
 from tasks import files as file_tasks
 
 FORMAT = "sharpt-adapter/1"
-WEIGHTS, CONFIG, CARD = build.ADAPTER_WEIGHTS, build.ADAPTER_CONFIG, "README.md"
+WEIGHTS, CONFIG, CARD = source_stage.ADAPTER_WEIGHTS, source_stage.ADAPTER_CONFIG, "README.md"
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 

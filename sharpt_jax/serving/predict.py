@@ -48,7 +48,7 @@ import tensorflow as tf
 from flax import nnx
 
 import tasks
-from sharpt_jax import build, data, optim, scoring, sharding
+from sharpt_jax import build, data, optim, scoring, sharding, source_stage
 from sharpt_jax.decoding import greedy_decode
 from sharpt_jax.models import methods
 from sharpt_jax.models.sharpt import SharPT
@@ -195,7 +195,9 @@ class Predictor:
         tasks.configure(settings.data_dir, files.t5_vocab, files.encoder_vocab, settings.mixture_cap)
         backbone, identity = build.build_model(config, files, self.mesh)
         for adapter in self.adapters:
-            build.check_same_models(adapter.config, identity, f"adapter {adapter.path}", AdapterError, SAME_MODELS)
+            source_stage.check_same_models(
+                adapter.config, identity, f"adapter {adapter.path}", AdapterError, SAME_MODELS
+            )
         nnx.update(backbone, self._placed(nnx.state(backbone)))
         self.models = [self._adapter_model(backbone, a) for a in self.adapters]
         split = [nnx.split(m, adapter_filter(m.method), lambda path, _: path[0] == "t5", ...) for m in self.models]
@@ -384,7 +386,7 @@ def _prompt_length(adapter: Adapter) -> int:
 
 def _check_same_backbone(adapter: Adapter, other: Adapter) -> None:
     """AdapterError unless `adapter` was trained with the frozen models of `other` and runs them alike."""
-    build.check_same_models(adapter.config, other.config, f"adapter {adapter.path}", AdapterError, SAME_MODELS)
+    source_stage.check_same_models(adapter.config, other.config, f"adapter {adapter.path}", AdapterError, SAME_MODELS)
     for part, key in (("t5", "vocab"), ("encoder", "vocab"), ("encoder", "pooling"), ("model", "backbone_dtype")):
         mine, yours = adapter.config[part][key], other.config[part][key]
         mine = mine["checksum"] if key == "vocab" else mine
