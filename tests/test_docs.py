@@ -125,6 +125,7 @@ def test_runnable_block_runs(page, match, sample_data, tmp_path):
             line += " " + extra.strip()
         lines.append(line)
     env = dict(os.environ, PYTHONPATH=str(work))
+    env.pop("XLA_FLAGS", None)  # As a user runs them: the machine's own devices, not conftest's 8 fake ones.
     result = subprocess.run(
         ["bash", "-ec", "\n".join(lines)], cwd=work, env=env, capture_output=True, text=True, timeout=3000
     )
