@@ -39,8 +39,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from sharpt_jax import (
     build,
@@ -339,12 +341,17 @@ def resume(config, program: Program, ckpts, run_record: dict, setup: build.Setup
         try:
             metadata = ckpts.metadata(step)
             check_same_run(metadata, run_record, workdir)
-            program.state, _ = ckpts.restore(step, program.state)
+            state, _ = ckpts.restore(step, program.state)
+            error = None
         except checkpoints.DamagedCheckpoint as err:
+            error = err
+        # Each host reads its own shards, so a damaged file may stop some hosts only: all move on together.
+        if not multihost_utils.process_allgather(np.array(error is None)).all():
             moved = ckpts.set_aside(step)
-            if jax.process_index() == 0:
-                print(f"warning: {err}; moved to {moved}, resuming from the one before", file=sys.stderr, flush=True)
+            if error is not None:
+                print(f"warning: {error}; moved to {moved}, resuming from the one before", file=sys.stderr, flush=True)
             continue
+        program.state = state
         if "data" not in metadata:
             raise build.ConfigError(f"{workdir}: checkpoint {step} has no input position (an older version wrote it)")
         return step, metadata["data"]

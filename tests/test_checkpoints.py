@@ -15,6 +15,7 @@ import optax
 import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
+from test_train import largest_files
 
 from sharpt_jax import checkpoints, optim, sharding, train
 from sharpt_jax.models import layers
@@ -112,10 +113,6 @@ def test_steps_are_listed_and_all_kept(state, tmp_path):
         _assert_identical(restored, state)
 
 
-def _largest_file(folder: Path) -> Path:
-    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-
-
 @pytest.mark.parametrize("damage", ["truncate the largest file", "delete the resume files", "delete metadata"])
 def test_a_damaged_checkpoint_raises_one_line_and_is_set_aside(state, tmp_path, damage):
     """A listed checkpoint whose largest file is cut in half, or whose files are deleted, raises
@@ -126,8 +123,8 @@ def test_a_damaged_checkpoint_raises_one_line_and_is_set_aside(state, tmp_path, 
         ckpts.save(step, state, {**METADATA, "step": step})
     latest = tmp_path / "checkpoints" / "2"
     if damage == "truncate the largest file":
-        path = _largest_file(latest)
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        for path in largest_files(latest):
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     elif damage == "delete the resume files":
         for path in (latest / checkpoints.RESUME).rglob("*"):
             if path.is_file():
