@@ -25,9 +25,13 @@ Why not a checkpointed tf.data iterator (T5X's way): the task sources read files
 which tf.data cannot save, and seqio shuffles tokenised examples in a buffer per task (1,000 each), which
 would make every checkpoint carry 15 tasks' buffers, be saved by every host, and still only shuffle locally;
 the iterator also runs ahead of the step by its prefetch. The index costs, at every start (fresh or resumed),
-one read and format of every training split (string work, no tokenising), and host memory for the untokenised
-examples (about the size of the raw text); it does not grow with the step (bench/resume_cost.py). Epochs are
-true permutations of the whole split rather than a 1,000-example shuffle buffer.
+one read and format of every training split (no tokenising) and host memory for the untokenised examples
+(about the size of the raw text). That does not grow with the step (bench/resume_cost.py) but does with the
+data: 19K RTE examples took 6 s here, 10K RACE examples (5K articles) 6 s, mostly the source's JSON parsing,
+on 2 cores under load (3,000 examples/s). At that rate the paper's 15 source tasks (about 3M examples) would
+take some 15 minutes per start, as long as a replay at step 80K: an index written once and read back by every
+start is the follow-up that makes large mixtures cheap to resume. Epochs are true permutations of the whole
+split rather than a 1,000-example shuffle buffer.
 
 Evaluation (`eval_batches`): the whole split in its canonical order (no shuffle), in batches of up to
 batch_size examples, each padded with all-zero rows (so every mask and loss weight is 0 there) to
@@ -212,8 +216,8 @@ def _indexed_examples(task: str, seed: int, settings: tuple) -> tuple:
     per answer or choice) or none. Made once per (task, seed, task settings) and kept in host memory; epochs
     permute them.
 
-    Formatting is string work at tens of thousands of rows per second; tokenising happens in the stream, for
-    the examples it yields only."""
+    Reading the source's rows costs most of it (module docstring); tokenising happens in the stream, for the
+    examples it yields only."""
     del settings  # Part of the cache key only: another data folder means other rows.
     task = seqio.get_mixture_or_task(task)
     formatting = seqio.Task(
