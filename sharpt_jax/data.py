@@ -27,7 +27,7 @@ would make every checkpoint carry 15 tasks' buffers, be saved by every host, and
 the iterator also runs ahead of the step by its prefetch. The index costs, at every start (fresh or resumed),
 one read and format of every training split (no tokenising) and host memory for the untokenised examples
 (about the size of the raw text). That does not grow with the step (bench/resume_cost.py) but does with the
-data: 19K RTE examples took 6 s here, 10K RACE examples (5K articles) 6 s, mostly the source's JSON parsing,
+data: 19K RTE examples took 6 s here, 10K RACE examples (5K articles) 6 s, mostly reading the source's rows,
 on 2 cores under load (3,000 examples/s). At that rate the paper's 15 source tasks (about 3M examples) would
 take some 15 minutes per start, as long as a replay at step 80K: an index written once and read back by every
 start is the follow-up that makes large mixtures cheap to resume. Epochs are true permutations of the whole
