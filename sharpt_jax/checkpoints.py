@@ -4,9 +4,10 @@ A checkpoint holds the train state the caller passes, the plain pytree {"trainab
 state, "step": int32 []}, and never the frozen backbone (its folder and `folder_checksum` go in the metadata
 instead). It is written as three Orbax items:
   params/    state["trainable"]: kept in every checkpoint, since evaluation scores each one
-  resume/    the rest of the state (optimizer state, step): only the latest checkpoint keeps it, because only
-             a resume reads it; once a later save is complete, the earlier checkpoints' resume/ is deleted
-             (a ModelTuning run with Adam would otherwise store its optimizer state twice over at every save)
+  resume/    the rest of the state (optimizer state, step): only the last two checkpoints keep it, because only
+             a resume reads it, and the one before the latest takes over when the latest cannot be read; once a
+             save is complete, the resume/ of checkpoints older than the previous one is deleted (a ModelTuning
+             run with Adam would otherwise store its optimizer state twice over at every save)
   metadata/  free-form JSON: the step, what resumes the data stream, the models' paths and checksums, the config
 
 Saves are synchronous (the call returns once the step is on disk: simple, and the order of files on disk
@@ -14,6 +15,11 @@ follows the train loop) and atomic: Orbax writes into a temporary folder and ren
 complete, so a crash mid-save leaves the earlier checkpoints intact (the previous one still with its resume
 state) and no partial step is ever listed (the next `Checkpoints` on the folder deletes the leftover temporary
 folder, at the latest before its first save). The save cadence is the caller's.
+
+A checkpoint can still be damaged after it was listed: a file truncated by a full disk or an interrupted copy,
+files deleted by hand. Every read of a checkpoint raises `DamagedCheckpoint`, with one line that names it and
+the cause, when Orbax cannot read it; the trainer then resumes from the one before (`set_aside` moves the
+damaged one out of the listing, so the resumed run can save that step again) and the eval mode skips it.
 """
 
 import functools
@@ -25,6 +31,7 @@ from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 PARAMS, RESUME, METADATA = "params", "resume", "metadata"
 # The files that define a Hugging Face model: its config and weights (safetensors, Flax msgpack or torch).
@@ -32,6 +39,12 @@ MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "flax
 # Where `folder_checksum` keeps a model folder's digest, next to its files.
 CHECKSUM_CACHE = ".sharpt_checksum.json"
 _CHUNK = 1 << 20
+KEEP_RESUME = 2  # Checkpoints that keep their resume state: the latest, and one to fall back on.
+DAMAGED = "damaged_checkpoints"  # Beside checkpoints/: where `set_aside` moves a damaged checkpoint.
+
+
+class DamagedCheckpoint(RuntimeError):
+    """A listed checkpoint that cannot be read; the message is one line naming it and the cause."""
 
 
 class Checkpoints:
@@ -55,7 +68,7 @@ class Checkpoints:
 
     def save(self, step: int, state: dict, metadata: dict) -> None:
         """Writes `state` ({"trainable": ..., anything else a resume needs}) and `metadata` (JSON) as step `step`,
-        then drops the resume state of the earlier checkpoints."""
+        then drops the resume state of the checkpoints before the last `KEEP_RESUME`."""
         items = {
             PARAMS: ocp.args.PyTreeSave(state["trainable"]),
             RESUME: ocp.args.PyTreeSave({k: v for k, v in state.items() if k != "trainable"}),
@@ -65,9 +78,8 @@ class Checkpoints:
             raise RuntimeError(f"{self.directory}: checkpoint of step {step} was not written")
         # Every process has finished writing step `step` when save returns; one of them deletes.
         if jax.process_index() == 0:
-            for earlier in self.all_steps():
-                if earlier < step and (self.directory / str(earlier) / RESUME).exists():
-                    shutil.rmtree(self.directory / str(earlier) / RESUME)
+            for earlier in self.resumable_steps()[:-KEEP_RESUME]:
+                shutil.rmtree(self.directory / str(earlier) / RESUME)
 
     def all_steps(self) -> list[int]:
         """The steps of every complete checkpoint, ascending."""
@@ -77,11 +89,28 @@ class Checkpoints:
         """The last complete checkpoint's step, or None when there is none."""
         return self._manager.latest_step()
 
+    def resumable_steps(self) -> list[int]:
+        """The steps of the checkpoints that keep their resume state (the last `KEEP_RESUME`), ascending."""
+        return [step for step in self.all_steps() if (self.directory / str(step) / RESUME).is_dir()]
+
+    def set_aside(self, step: int) -> Path:
+        """Moves damaged checkpoint `step` to WORKDIR/damaged_checkpoints/<step> (replacing an earlier one there),
+        out of the listing; returns where it went. Every process calls it; the first moves."""
+        target = self.directory.parent / DAMAGED / str(step)
+        if jax.process_index() == 0:
+            if target.exists():
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(target)
+        multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+        self._manager.reload()
+        return target
+
     def metadata(self, step: int) -> dict:
         return self._restore(step, {METADATA: ocp.args.JsonRestore()})[METADATA]
 
     def restore(self, step: int, abstract_state: dict) -> tuple[dict, dict]:
-        """The train state and metadata of checkpoint `step` (the latest: the only one a resume can read).
+        """The train state and metadata of checkpoint `step` (one of `resumable_steps()`).
 
         Args:
           step: one of `all_steps()`, with its resume state.
@@ -91,10 +120,10 @@ class Checkpoints:
         Returns:
           (state, metadata): state has the structure, dtypes and shardings of `abstract_state`.
         """
-        if step in self.all_steps() and not (self.directory / str(step) / RESUME).is_dir():
+        if step in self.all_steps() and step not in self.resumable_steps():
             raise FileNotFoundError(
                 f"{self.directory}: checkpoint {step} keeps only its parameters (the resume state lives in the "
-                f"latest checkpoint, {self.latest_step()})"
+                f"last {KEEP_RESUME} checkpoints, {self.resumable_steps()})"
             )
         rest = {k: v for k, v in abstract_state.items() if k != "trainable"}
         restored = self._restore(
@@ -118,7 +147,13 @@ class Checkpoints:
     def _restore(self, step: int, args: dict) -> dict:
         if step not in self._manager.all_steps():
             raise FileNotFoundError(f"{self.directory}: no checkpoint of step {step}; has {self.all_steps()}")
-        return self._manager.restore(step, args=ocp.args.Composite(**args))
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception as err:  # Orbax and TensorStore raise many types for missing and truncated files.
+            cause = (str(err).strip().splitlines() or [""])[0][:300]
+            raise DamagedCheckpoint(
+                f"checkpoint {step} in {self.directory} cannot be read ({type(err).__name__}: {cause})"
+            ) from err
 
     def close(self) -> None:
         self._manager.close()

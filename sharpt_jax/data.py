@@ -7,11 +7,31 @@ batches, hence a run's numbers, do not depend on how many hosts run it: 2 hosts 
 exactly what 1 host x 8 devices does, and a run can resume on another number of hosts. The price is that each
 host tokenises the whole global batch rather than its 1 / process_count of it: on this project's 2-core CPU
 machine the pipeline makes 3,000-3,500 examples/s at lengths 512/128/128 (9 ms per batch of 32, 84 ms per 256,
-measured under load), prefetched while the devices run the step, and a TPU VM host has dozens of cores.
+measured under load), made by a thread while the devices run the step (`prefetch`), and a TPU VM host has
+dozens of cores.
 
-Training (`train_batches`): the training rows are shuffled with the run's seed, repeated forever and cut into
-batches of global_batch_size rows (remainder dropped). The stream is a pure function of (task, lengths, batch
-size, seed), so a resumed run rebuilds it and skips the batches already consumed.
+Training (`train_batches`): an index-based stream whose position is a few integers saved with each checkpoint,
+so a resumed run starts where the saved run stopped without replaying anything. Each task's training split is
+read once per process, through the task's formatting preprocessors (those before `tasks.features.tokenize`,
+which may make several examples of one row, or none), into a list of untokenised examples in host memory: the
+task's index. Epoch e of a task visits its index in the order of a permutation drawn from (seed, task, e), and
+tokenises and pads just the examples it visits (in tf.data, prefetched); batch k of a mixture takes each of its
+rows from the task drawn for it by a generator seeded with (seed, k). The position after batch k is k and,
+per task, (epoch, index of the next example): `host_train_batches` yields it with every batch, and started
+from it yields exactly the batches an uninterrupted stream yields next. The stream is a pure function of (task,
+lengths, batch size, seed) and does not depend on the number of hosts, so a run resumes on another number.
+
+Why not a checkpointed tf.data iterator (T5X's way): the task sources read files through Python generators,
+which tf.data cannot save, and seqio shuffles tokenised examples in a buffer per task (1,000 each), which
+would make every checkpoint carry 15 tasks' buffers, be saved by every host, and still only shuffle locally;
+the iterator also runs ahead of the step by its prefetch. The index costs, at every start (fresh or resumed),
+one read and format of every training split (no tokenising) and host memory for the untokenised examples
+(about the size of the raw text). That does not grow with the step (bench/resume_cost.py) but does with the
+data: 19K RTE examples took 6 s here, 10K RACE examples (5K articles) 6 s, mostly reading the source's rows,
+on 2 cores under load (3,000 examples/s). At that rate the paper's 15 source tasks (about 3M examples) would
+take some 15 minutes per start, as long as a replay at step 80K: an index written once and read back by every
+start is the follow-up that makes large mixtures cheap to resume. Epochs are true permutations of the whole
+split rather than a 1,000-example shuffle buffer.
 
 Evaluation (`eval_batches`): the whole split in its canonical order (no shuffle), in batches of up to
 batch_size examples, each padded with all-zero rows (so every mask and loss weight is 0 there) to
@@ -25,8 +45,13 @@ decoder_loss_weights [B, S], instance_input_tokens / instance_input_mask [B, I];
 instance embeddings carry instance_embedding float32 [B, m] instead of the last two (`sharpt_jax.embedding_cache`).
 """
 
+import copy
 import dataclasses
 import functools
+import itertools
+import queue
+import threading
+import zlib
 from collections.abc import Iterator, Mapping
 
 import jax
@@ -35,7 +60,7 @@ import seqio
 import tensorflow as tf
 
 from sharpt_jax import sharding
-from tasks import registry
+from tasks import features, registry
 from tasks.features import SharPTFeatureConverter
 
 Batch = dict[str, jax.Array]
@@ -89,34 +114,156 @@ def to_global(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> Batch
 # ---------------------------------------------------------------------------------------------
 
 
-def train_dataset(
-    task_or_mixture: str, sequence_length: Lengths, batch_size: int, seed: int, start_step: int = 0
-) -> tf.data.Dataset:
-    """The endless, seeded stream of training batches, from batch `start_step` on.
+def start_position(task_or_mixture: str) -> dict:
+    """The position of a fresh stream: batch 0, every task at epoch 0, example 0."""
+    return {"step": 0, "tasks": {task.name: [0, 0] for task in _tasks_and_rates(task_or_mixture)[0]}}
+
+
+def host_train_batches(
+    task_or_mixture: str, sequence_length: Lengths, batch_size: int, seed: int, position: dict | None = None
+) -> Iterator[tuple[dict[str, np.ndarray], dict]]:
+    """The endless, seeded stream of training batches on this host, from `position` on (see the module docstring).
 
     Args:
       task_or_mixture: a registered seqio task or mixture, e.g. "sharpt_source_category".
       sequence_length: {"inputs": T, "targets": S, "instance_inputs": I}.
       batch_size: rows per batch.
-      seed: seeds the example shuffle of every task and the mixture's sampling.
-      start_step: the number of batches to leave out at the start (those a resumed run already trained on).
+      seed: seeds every task's epoch permutations and the mixture's draws.
+      position: where to start (`start_position` when None): what an earlier stream yielded with its last batch.
 
-    Returns:
-      A tf.data.Dataset of dicts of int32 arrays [batch_size, length] (the converter's features).
+    Yields:
+      (batch, position): dicts of int32 numpy arrays [batch_size, length] (the converter's features), and the
+      position after the batch (a JSON-able dict; a stream started there yields the next batch).
     """
     keep_tensorflow_off_accelerators()
-    ds = seqio.get_mixture_or_task(task_or_mixture).get_dataset(
-        sequence_length, split="train", shuffle=True, seed=seed, num_epochs=None
+    tasks, rates = _tasks_and_rates(task_or_mixture)
+    position = copy.deepcopy(position or start_position(task_or_mixture))
+    if sorted(position["tasks"]) != sorted(task.name for task in tasks):
+        raise ValueError(f"{task_or_mixture}: the position names tasks {sorted(position['tasks'])}")
+    streams = [_task_examples(task, sequence_length, seed, position["tasks"][task.name]) for task in tasks]
+    while True:
+        step = position["step"]
+        # The mixture's draw for batch `step` is a function of (seed, step) alone, so a resumed stream makes it
+        # without the draws of the batches before.
+        choices = np.random.default_rng([seed, step]).choice(len(tasks), size=batch_size, p=rates)
+        rows = []
+        for choice in choices:
+            example, (epoch, index) = next(streams[choice])
+            rows.append(example)
+            position["tasks"][tasks[choice].name] = [epoch, index + 1]
+        position["step"] = step + 1
+        yield {key: np.stack([r[key] for r in rows]) for key in rows[0]}, copy.deepcopy(position)
+
+
+def _tasks_and_rates(task_or_mixture: str) -> tuple[list[seqio.Task], np.ndarray]:
+    """The tasks of a mixture (or the one task) and their sampling probabilities, which sum to 1."""
+    provider = seqio.get_mixture_or_task(task_or_mixture)
+    if not isinstance(provider, seqio.Mixture):
+        return [provider], np.ones(1)
+    rates = np.array([provider.get_rate(task) for task in provider.tasks], np.float64)
+    return list(provider.tasks), rates / rates.sum()
+
+
+def _task_examples(task: seqio.Task, sequence_length: Lengths, seed: int, start: list[int]) -> Iterator:
+    """Endless (features, [epoch, index]) of one task's training examples from position `start` = [epoch,
+    index]: epoch e visits the task's indexed examples (`_indexed_examples`) in the order of a permutation drawn
+    from (seed, task name, e), each then tokenised by the rest of the task's preprocessors and padded by the
+    feature converter."""
+    examples = _indexed_examples(task.name, seed, dataclasses.astuple(registry.SETTINGS))
+    if not examples:
+        raise ValueError(f"{task.name}: the training split has no examples")
+    salt = zlib.crc32(task.name.encode())
+
+    def permuted():
+        epoch, first = start
+        while True:
+            order = np.random.default_rng([seed, salt, epoch]).permutation(len(examples))
+            for index in range(first, len(examples)):
+                yield examples[order[index]]
+            epoch, first = epoch + 1, 0
+
+    signature = jax.tree.map(lambda x: tf.TensorSpec(np.shape(x), tf.as_dtype(np.asarray(x).dtype)), examples[0])
+
+    def permuted_dataset(split, shuffle_files, seed=None):
+        del split, shuffle_files, seed  # The order is permuted() alone.
+        return tf.data.Dataset.from_generator(permuted, output_signature=signature)
+
+    # The rest of the task's preprocessors (the tokeniser, EOS after trimming) map one example to one, so the
+    # k-th example out is the k-th one in, whose position the generator below counts alongside.
+    tokenizing = seqio.Task(
+        f"{task.name}_indexed",
+        seqio.FunctionDataSource(permuted_dataset, splits=["train"]),
+        output_features=task.output_features,
+        preprocessors=task.preprocessors[_tokenizer_index(task) :],
     )
-    # Exact resume replays the stream: seqio tokenises before it shuffles (the shuffle buffer holds tokenised
-    # examples), so the skipped examples are read and tokenised once more; skipping them here, before the
-    # feature converter and batching, saves only that later work. The cost is one pass of the input pipeline
-    # over start_step * batch_size examples, at tokenisation speed (thousands of examples/s per
-    # core). Checkpointing the tf.data iterator instead would save that time, but a shuffle buffer of
-    # tokenised examples per task makes large checkpoints, and file-reading generators cannot be saved.
-    ds = ds.skip(start_step * batch_size)
-    ds = SharPTFeatureConverter()(ds, sequence_length)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = tokenizing.get_dataset(sequence_length, shuffle=False, seed=seed, try_in_mem_cache=False)
+    ds = SharPTFeatureConverter()(ds, sequence_length).prefetch(tf.data.AUTOTUNE)
+    positions = ((epoch, index) for epoch in itertools.count(start[0]) for index in range(len(examples)))
+    return zip(ds.as_numpy_iterator(), itertools.islice(positions, start[1], None), strict=False)  # Both endless.
+
+
+def _tokenizer_index(task: seqio.Task) -> int:
+    """Where the task's preprocessors start tokenising: `tasks.features.tokenize` (every preprocessor when the
+    task has none, so that its index holds finished examples)."""
+    found = [i for i, p in enumerate(task.preprocessors) if p is features.tokenize]
+    return found[0] if found else len(task.preprocessors)
+
+
+@functools.lru_cache(maxsize=32)
+def _indexed_examples(task: str, seed: int, settings: tuple) -> tuple:
+    """A task's training examples before tokenisation, in canonical order (numpy values, strings as bytes): the
+    source's rows through the task's formatting preprocessors, which may turn a row into several examples (one
+    per answer or choice) or none. Made once per (task, seed, task settings) and kept in host memory; epochs
+    permute them.
+
+    Reading the source's rows costs most of it (module docstring); tokenising happens in the stream, for the
+    examples it yields only."""
+    del settings  # Part of the cache key only: another data folder means other rows.
+    task = seqio.get_mixture_or_task(task)
+    formatting = seqio.Task(
+        f"{task.name}_formatting",
+        task.source,
+        output_features={},
+        preprocessors=task.preprocessors[: _tokenizer_index(task)],
+    )
+    ds = formatting.get_dataset(None, shuffle=False, seed=seed, try_in_mem_cache=False)
+    return tuple(ds.as_numpy_iterator())
+
+
+def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
+    """The items of `iterator`, made by a background thread that keeps up to `size` of them ready (as big_vision's
+    prefetch of device batches): with `train_batches`, the next global batches are read, tokenised and placed on
+    the devices while the current step runs. An exception of `iterator` is raised by the `next` that would have
+    returned its item; closing the generator stops the thread."""
+    ready = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        ready.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put((None, StopIteration()))
+        except Exception as err:  # Raised again in the consumer's thread.
+            ready.put((None, err))
+
+    threading.Thread(target=produce, daemon=True, name="prefetch").start()
+    try:
+        while True:
+            item, err = ready.get()
+            if isinstance(err, StopIteration):
+                return
+            if err is not None:
+                raise err
+            yield item
+    finally:
+        stop.set()
 
 
 def train_batches(
@@ -125,22 +272,18 @@ def train_batches(
     global_batch_size: int,
     mesh: jax.sharding.Mesh,
     seed: int,
-    start_step: int = 0,
+    position: dict | None = None,
     embeddings=None,
-) -> Iterator[Batch]:
-    """Endless global training batches [global_batch_size, length], sharded over the mesh's 'data' axis.
-
-    Starting at `start_step` yields exactly the batches an uninterrupted stream yields from that step on (it
-    replays the skipped part of the input pipeline: see `host_train_dataset`). With `embeddings` (an
+) -> Iterator[tuple[Batch, dict]]:
+    """Endless (global training batch [global_batch_size, length] sharded over the mesh's 'data' axis, the
+    position after it), from `position` on (`host_train_batches`). With `embeddings` (an
     `embedding_cache.EmbeddingTable`), the instance tokens and mask of every row are replaced by their cached
-    e0, `instance_embedding` float32 [B, m].
-    """
+    e0, `instance_embedding` float32 [B, m]."""
     check_batch_size(global_batch_size, mesh)
-    ds = train_dataset(task_or_mixture, sequence_length, global_batch_size, seed, start_step)
-    for batch in ds.as_numpy_iterator():
+    for batch, after in host_train_batches(task_or_mixture, sequence_length, global_batch_size, seed, position):
         if embeddings is not None:
             batch = embeddings.replace_tokens(batch)
-        yield to_global(batch, mesh)
+        yield to_global(batch, mesh), after
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ through the encoder about 1,300 times. With `config.instance_embedding_cache` se
 
 saved as `<folder>/<task>.<key>.npz` and read by every later run (and every resume) with the same key. The
 trainer's batches then carry `instance_embedding` [B, m] instead of the instance tokens; it is looked up after the
-seqio pipeline (which, with its shuffling, mixing and exact resume, is unchanged), on every host for the rows of
+input stream (which, with its shuffling, mixing and exact resume, is unchanged), on every host for the rows of
 the global batch, before each host places its devices' rows. The jitted step never calls the encoder: it is not
 traced, and jit drops the encoder weights, which no operation reads, from the compiled step's arguments, so the
 step costs the generator plus T5, like PromptTuning's.

@@ -21,6 +21,7 @@ checkpoint's step. The workdir is locked while it is scored (sharpt_jax.workdir_
 
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -94,12 +95,21 @@ def _score_validation(book: "Results", steps: list[int], eval_config, score) -> 
     call scored it, its SplitScores by split ({} otherwise)."""
     every = eval_config.splits if eval_config.every_split_every_checkpoint else ("validation",)
     leader, leader_scores = None, {}  # The best step scored here, and its SplitScores (for its predictions).
+    candidates = []  # The steps with scores: a damaged checkpoint without earlier scores is skipped.
     for step in steps:
         if missing := [split for split in every if split not in book.results.get(str(step), {})]:
-            scored = score(step, missing)
+            try:
+                scored = score(step, missing)
+            except checkpoints.DamagedCheckpoint as err:
+                if jax.process_index() == 0:
+                    print(f"warning: {err}; not scored", file=sys.stderr, flush=True)
+                continue
             if leader is None or book.rank(step) > book.rank(leader):
                 leader, leader_scores = step, scored
-    best_step = max(steps, key=book.rank)
+        candidates.append(step)
+    if not candidates:
+        raise build.ConfigError(f"no checkpoint of {steps} could be read")
+    best_step = max(candidates, key=book.rank)
     return best_step, leader_scores if leader == best_step else {}
 
 

@@ -5,8 +5,10 @@
 A run writes under its workdir:
   config.json            the config as run (the eval mode of run.py scores the run with it)
   lock                   while the run lasts: its host, pid and start (sharpt_jax.workdir_lock)
-  checkpoints/<step>/    Orbax: trainable params, optimizer state, step; metadata with the data position, the
-                         frozen models' paths and checksums, the source checkpoint and the config
+  checkpoints/<step>/    Orbax: trainable params, optimizer state (the last two checkpoints), step; metadata with
+                         the input stream's position, the frozen models' paths and checksums, the source
+                         checkpoint and the config
+  damaged_checkpoints/   where a resume moves a checkpoint it could not read (only after such a resume)
   metrics.jsonl          one JSON object per logged step (step, loss, learning_rate, examples_per_sec, ...)
   tensorboard/           the same scalars as TensorBoard events (and the eval mode's scores, eval/<split>/<metric>)
 
@@ -17,21 +19,30 @@ batch (Eq. 5 while the codebook trains, Eq. 3 otherwise), its gradient with resp
 
 Determinism: parameters come from config.seed, the data order from (task, seed, batch size), dropout from
 fold_in(seed key, step). A run killed at any moment and started again with the same command restores its last
-checkpoint, replays the input stream to that step and ends with the same numbers as one that never stopped.
+checkpoint, restarts the input stream at the position saved with it (sharpt_jax.data: no replay) and ends with
+the same numbers as one that never stopped. A last checkpoint that cannot be read is named in one line and set
+aside, and the run resumes from the one before (the last two keep their resume state).
+
+The next global batches are made and placed on the devices by a thread while the step runs (`data.prefetch`,
+two in flight), so an input pipeline slower than the host's share of the step's dispatch still keeps up with
+the devices as long as it is faster than the step.
 """
 
 import dataclasses
 import functools
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from sharpt_jax import (
     build,
@@ -271,18 +282,20 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         "source": source,
     }
     if data_files := files.checksums(setup.eval_tasks):  # {path: sha256}: a changed file is refused on resume.
-        run_record["data"] = data_files
-    start_step = resume(config, program, ckpts, run_record, setup, workdir)
+        run_record["data_files"] = data_files
+    start_step, position = resume(config, program, ckpts, run_record, setup, workdir)
     if is_main:
         storage.write_text(workdir / "config.json", config.to_json(indent=2) + "\n")
-    batches = data.train_batches(
-        setup.train_task,
-        config.sequence_length.to_dict(),
-        config.batch_size,
-        setup.mesh,
-        config.seed,
-        start_step,
-        embeddings,
+    batches = data.prefetch(
+        data.train_batches(
+            setup.train_task,
+            config.sequence_length.to_dict(),
+            config.batch_size,
+            setup.mesh,
+            config.seed,
+            position,
+            embeddings,
+        )
     )
     if is_main:
         print(
@@ -294,6 +307,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     try:
         return loop(config, program, batches, start_step, ckpts, run_record, setup, workdir)
     finally:
+        batches.close()  # Stops the prefetching thread.
         ckpts.close()
 
 
@@ -321,21 +335,42 @@ def compile_step(config, graphdef, trainable, frozen, mesh) -> Program:
     return Program(graphdef, state, frozen, step_fn, schedule, restart_every)
 
 
-def resume(config, program: Program, ckpts, run_record: dict, setup: build.Setup, workdir: Path) -> int:
-    """Restores the last checkpoint into `program.state` (after checking it is this run's), or gives a fresh
-    run its k-means codebook start; returns the step to continue from."""
-    if (latest := ckpts.latest_step()) is not None:
-        check_same_run(ckpts.metadata(latest), run_record, workdir)
-        program.state, _ = ckpts.restore(latest, program.state)
-        return latest
+def resume(config, program: Program, ckpts, run_record: dict, setup: build.Setup, workdir: Path) -> tuple[int, dict]:
+    """Restores the newest readable checkpoint into `program.state` (after checking it is this run's), or gives a
+    fresh run its k-means codebook start; returns the step to continue from and the input stream's position.
+
+    A checkpoint that cannot be read is named in one line on stderr and set aside (`Checkpoints.set_aside`), and
+    the one before takes over."""
+    for step in reversed(ckpts.resumable_steps()):
+        try:
+            metadata = ckpts.metadata(step)
+            check_same_run(metadata, run_record, workdir)
+            state, _ = ckpts.restore(step, program.state)
+            error = None
+        except checkpoints.DamagedCheckpoint as err:
+            error = err
+        # Each host reads its own shards, so a damaged file may stop some hosts only: all move on together.
+        if not multihost_utils.process_allgather(np.array(error is None)).all():
+            moved = ckpts.set_aside(step)
+            if error is not None:
+                print(f"warning: {error}; moved to {moved}, resuming from the one before", file=sys.stderr, flush=True)
+            continue
+        program.state = state
+        if "data" not in metadata:
+            raise build.ConfigError(f"{workdir}: checkpoint {step} has no input position (an older version wrote it)")
+        return step, metadata["data"]
+    if ckpts.all_steps():  # Parameters only: the resume state of every kept checkpoint was damaged.
+        raise build.ConfigError(
+            f"{ckpts.directory}: no checkpoint keeps a readable resume state; move the folder away to start over"
+        )
     if "codebook" in program.state["trainable"] and config.codebook_init == "kmeans":  # The first batches' k-means.
         first_batches = data.train_batches(
             setup.train_task, config.sequence_length.to_dict(), config.batch_size, setup.mesh, config.seed
         )
         program.state["trainable"] = codebook_health.kmeans_start(
-            program.state["trainable"], program.graphdef, program.frozen, first_batches, config.seed
+            program.state["trainable"], program.graphdef, program.frozen, (b for b, _ in first_batches), config.seed
         )
-    return 0
+    return 0, data.start_position(setup.train_task)
 
 
 def loop(config, program: Program, batches, start_step: int, ckpts, run_record, setup, workdir: Path) -> dict:
@@ -349,7 +384,8 @@ def loop(config, program: Program, batches, start_step: int, ckpts, run_record, 
     key, num_steps, last = dropout_key(config.seed), config.num_train_steps, {}
     window_start, window_step, run_start = time.perf_counter(), start_step, time.perf_counter()
     for step in range(start_step + 1, num_steps + 1):
-        program.state, totals = program.step_fn(program.state, program.frozen, next(batches), key, totals)
+        batch, position = next(batches)
+        program.state, totals = program.step_fn(program.state, program.frozen, batch, key, totals)
         save_now = step % config.save_every == 0 or step == num_steps
         eval_now = bool(config.eval_every) and step % config.eval_every == 0
         if step % config.log_every and not save_now and not eval_now:
@@ -382,7 +418,8 @@ def loop(config, program: Program, batches, start_step: int, ckpts, run_record, 
             print(logs.progress_line(last, num_steps, (now - run_start) / (step - start_step)), flush=True)
         window_start, window_step = time.perf_counter(), step  # Evaluation time is not training throughput.
         if save_now:
-            metadata = {"step": step, "examples_seen": step * config.batch_size}
+            # The stream's position after this step's batch: a resume restarts the input there.
+            metadata = {"step": step, "examples_seen": step * config.batch_size, "data": position}
             ckpts.save(step, program.state, {**metadata, **run_record, "config": config.to_dict()})
     if writer is not None:
         writer.close()
@@ -391,7 +428,7 @@ def loop(config, program: Program, batches, start_step: int, ckpts, run_record, 
 
 def check_same_run(saved: dict, current: dict, workdir: Path) -> None:
     """A workdir resumes only the run it holds: same task, method, data order, data files, models and source."""
-    old, new = saved.get("data") or {}, current.get("data") or {}  # {path: sha256} of file-backed tasks' files.
+    old, new = saved.get("data_files") or {}, current.get("data_files") or {}  # {path: sha256}: files: tasks.
     if changed := [path for path in new if old.get(path) != new[path]]:
         raise build.ConfigError(
             f"{workdir}: the data file {changed[0]} changed since the run started (sha256 "

@@ -1,8 +1,9 @@
 """Orbax checkpoints of the train state: bit-identical round trips (Adam state over an nnx.State), restore
-onto a 4x2 mesh, metadata, listed steps, a crash mid-save that leaves earlier steps intact, parameter-only
-restore, and the checksums that identify the frozen models."""
+onto a 4x2 mesh, metadata, listed steps, damaged checkpoints named and set aside, a crash mid-save that leaves
+earlier steps intact, parameter-only restore, and the checksums that identify the frozen models."""
 
 import hashlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import optax
 import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
+from test_train import largest_files
 
 from sharpt_jax import checkpoints, optim, sharding, train
 from sharpt_jax.models import layers
@@ -89,24 +91,60 @@ def test_restore_onto_mesh_shardings(state, tmp_path):
 
 
 def test_steps_are_listed_and_all_kept(state, tmp_path):
-    """Every step keeps its parameters; only the latest keeps the optimizer state (a resume needs no other)."""
+    """Every step keeps its parameters; only the last two keep the optimizer state (a resume reads the latest,
+    or the one before when the latest is damaged)."""
     ckpts = checkpoints.Checkpoints(tmp_path)
     assert ckpts.all_steps() == [] and ckpts.latest_step() is None
     for step in (500, 1000, 1500):
         ckpts.save(step, state, {**METADATA, "step": step})
     again = checkpoints.Checkpoints(tmp_path)
     assert again.all_steps() == [500, 1000, 1500] and again.latest_step() == 1500
+    assert again.resumable_steps() == [1000, 1500]
     assert [again.metadata(s)["step"] for s in again.all_steps()] == [500, 1000, 1500]
     with pytest.raises(FileNotFoundError, match="no checkpoint of step 7"):
         again.restore(7, state)
     abstract = jax.eval_shape(lambda: state)
-    for step in (500, 1000):
-        _assert_identical(again.restore_params(step, abstract["trainable"]), state["trainable"])
-        assert not (tmp_path / "checkpoints" / str(step) / checkpoints.RESUME).exists()
-        with pytest.raises(FileNotFoundError, match="keeps only its parameters.*latest checkpoint, 1500"):
-            again.restore(step, abstract)
-    restored, _ = again.restore(1500, abstract)
+    _assert_identical(again.restore_params(500, abstract["trainable"]), state["trainable"])
+    assert not (tmp_path / "checkpoints" / "500" / checkpoints.RESUME).exists()
+    with pytest.raises(FileNotFoundError, match=r"keeps only its parameters.*last 2 checkpoints, \[1000, 1500\]"):
+        again.restore(500, abstract)
+    for step in (1000, 1500):
+        restored, _ = again.restore(step, abstract)
+        _assert_identical(restored, state)
+
+
+@pytest.mark.parametrize("damage", ["truncate the largest file", "delete the resume files", "delete metadata"])
+def test_a_damaged_checkpoint_raises_one_line_and_is_set_aside(state, tmp_path, damage):
+    """A listed checkpoint whose largest file is cut in half, or whose files are deleted, raises
+    DamagedCheckpoint with one line naming it; `set_aside` moves it out of the listing, and the one before
+    restores bit for bit."""
+    ckpts = checkpoints.Checkpoints(tmp_path)
+    for step in (1, 2):
+        ckpts.save(step, state, {**METADATA, "step": step})
+    latest = tmp_path / "checkpoints" / "2"
+    if damage == "truncate the largest file":
+        for path in largest_files(latest):
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "delete the resume files":
+        for path in (latest / checkpoints.RESUME).rglob("*"):
+            if path.is_file():
+                path.unlink()
+    else:
+        shutil.rmtree(latest / checkpoints.METADATA)
+    abstract = jax.eval_shape(lambda: state)
+    reopened = checkpoints.Checkpoints(tmp_path)
+    with pytest.raises(checkpoints.DamagedCheckpoint) as err:
+        reopened.metadata(2)
+        reopened.restore(2, abstract)
+    message = str(err.value)
+    assert message.startswith(f"checkpoint 2 in {tmp_path / 'checkpoints'} cannot be read (") and "\n" not in message
+    assert reopened.set_aside(2) == tmp_path / checkpoints.DAMAGED / "2"
+    assert reopened.all_steps() == [1] and checkpoints.Checkpoints(tmp_path).all_steps() == [1]
+    restored, metadata = reopened.restore(1, abstract)
     _assert_identical(restored, state)
+    assert metadata["step"] == 1
+    reopened.save(2, state, {**METADATA, "step": 2})  # The step can be written again.
+    assert reopened.resumable_steps() == [1, 2]
 
 
 CRASH = """

@@ -82,7 +82,7 @@ def test_kmeans_start_is_the_kmeans_of_the_first_batches(assets, tmp_path):
     batches = data.train_batches(train_task, config.sequence_length.to_dict(), config.batch_size, mesh, config.seed)
     embeddings = []
     while sum(map(len, embeddings)) < codebook_health.KMEANS_EXAMPLES_PER_SKILL * config.num_skills:
-        batch = next(batches)
+        batch, _ = next(batches)
         merged = nnx.merge(graphdef, trainable, frozen)
         embeddings.append(
             np.asarray(merged.instance_encoder(batch["instance_input_tokens"], batch["instance_input_mask"]))

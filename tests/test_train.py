@@ -16,7 +16,7 @@ from tiny_run import cli_overrides, kill_once_saved, make_assets, tiny_config
 
 from configs import source_mix as source_config
 from configs import target as target_config
-from sharpt_jax import build, checkpoints, source_stage, train, workdir_lock
+from sharpt_jax import build, checkpoints, evaluate, source_stage, train, workdir_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,9 +103,13 @@ def test_run_writes_metrics_checkpoints_and_tensorboard(assets, source_run):
     paths = saved_state(workdir, 10)
     assert any("codebook" in p for p in paths) and any("generator" in p for p in paths)
     assert not any("t5" in p or "instance_encoder" in p for p in paths)
-    # Adam's moments are kept in the latest checkpoint only (a resume reads no other).
+    # Adam's moments are kept in the last two checkpoints only (a resume reads no other).
     assert any(p.startswith(checkpoints.RESUME) and "mu" in p for p in paths)
-    assert not any(p.startswith(checkpoints.RESUME) for p in saved_state(workdir, 8))
+    assert any(p.startswith(checkpoints.RESUME) and "mu" in p for p in saved_state(workdir, 8))
+    assert not any(p.startswith(checkpoints.RESUME) for p in saved_state(workdir, 4))
+    # The metadata records where the input stream stands after the step's batch.
+    position = checkpoints.Checkpoints(workdir).metadata(10)["data"]
+    assert position["step"] == 10 and sorted(position["tasks"]) == ["sharpt_rte", "sharpt_sst2"]
 
 
 @pytest.mark.slow
@@ -118,6 +122,19 @@ def test_sigkill_and_restart_end_bit_identical(source_run, tmp_path):
     assert code == 0, err[-2000:]
 
     assert_same_run(straight, tmp_path, 10)
+
+
+@pytest.mark.slow
+def test_sigkill_and_restart_of_a_single_task_end_bit_identical(assets, tmp_path):
+    """The same for a one-task run (the sample RTE rows: the resumed run crosses epochs of its permutation)."""
+    config = tiny_config(assets, task="rte", num_train_steps=10, save_every=4, log_every=2)
+    straight = tmp_path / "straight"
+    train.train(config, straight)
+    kill_once_saved(run_cli(config, tmp_path / "killed", wait=False), tmp_path / "killed", 4)
+    code, out, err = run_cli(config, tmp_path / "killed")
+    assert code == 0, err[-2000:]
+    assert "steps 4 -> 10" in out or "steps 8 -> 10" in out
+    assert_same_run(straight, tmp_path / "killed", 10)
 
 
 @pytest.mark.parametrize("devices, mesh_shape", [(1, "1,1"), (8, "4,2")])
@@ -186,6 +203,56 @@ def test_nan_stops_with_the_last_good_checkpoint_kept(assets, source_run, tmp_pa
         train.train(diverging, tmp_path)
     assert checkpoints.Checkpoints(tmp_path).all_steps() == [4, 8, 10]
     assert [r["step"] for r in read_metrics(tmp_path)] == [2, 4, 6, 8, 10]  # Nothing non-finite was logged.
+
+
+def largest_files(folder: Path) -> list[Path]:
+    """The files of `folder` of the largest size: Orbax's OCDBT can hold an array's bytes in two such files (its
+    process's and the merged database's), only one of which a restore reads."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    size = max(p.stat().st_size for p in files)
+    return [p for p in files if p.stat().st_size == size]
+
+
+def _damage(checkpoint: Path, how: str) -> None:
+    if how == "truncate":  # A preempted copy to object storage, a full disk: the largest file cut short.
+        for largest in largest_files(checkpoint):
+            largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 3])
+    else:  # Files deleted by hand.
+        for path in (checkpoint / checkpoints.RESUME).rglob("*"):
+            if path.is_file():
+                path.unlink()
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete"])
+def test_a_damaged_latest_checkpoint_is_named_and_the_one_before_takes_over(source_run, tmp_path, capfd, how):
+    """The finished source run (checkpoints 4, 8, 10) with checkpoint 10 damaged: the restart says so in one
+    line, sets it aside, resumes from 8 and ends bit-identical to the run that never stopped."""
+    config, straight = source_run
+    shutil.copytree(straight, tmp_path, dirs_exist_ok=True)
+    _damage(tmp_path / "checkpoints" / "10", how)
+    capfd.readouterr()
+    train.train(config, tmp_path)
+    out, err = capfd.readouterr()
+    warnings = [line for line in err.splitlines() if "cannot be read" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: checkpoint 10 in {tmp_path / 'checkpoints'}")
+    assert warnings[0].endswith(f"moved to {tmp_path / checkpoints.DAMAGED / '10'}, resuming from the one before")
+    assert "steps 8 -> 10" in out
+    assert_same_run(straight, tmp_path, 10)
+    assert (tmp_path / checkpoints.DAMAGED / "10").is_dir()
+
+
+def test_eval_mode_skips_a_checkpoint_whose_parameters_cannot_be_read(assets, source_run, tmp_path, capfd):
+    _, straight = source_run
+    shutil.copytree(straight, tmp_path, dirs_exist_ok=True)
+    for largest in largest_files(tmp_path / "checkpoints" / "8" / checkpoints.PARAMS):
+        largest.write_bytes(b"")
+    capfd.readouterr()
+    evaluate.evaluate_checkpoints(tiny_config(assets, num_train_steps=10, mode="eval"), tmp_path)
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "cannot be read" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: checkpoint 8 in {tmp_path / 'checkpoints'}")
+    assert warnings[0].endswith("; not scored")
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert sorted(k for k in results if k != "protocol") == ["10", "4"]
 
 
 def test_a_killed_runs_lock_is_taken_over_and_the_run_resumes(assets, source_run, tmp_path):
