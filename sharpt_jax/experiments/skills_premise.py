@@ -200,8 +200,14 @@ def source_run(config, workdir: Path, start: str, seed: int) -> dict:
         "validation_curve": curve,
         "test": test,
         "counts": {t.name: counts[f"skills_{t.name}"] for t in skills_world.SOURCES},
-        "majority": {t.name: int(np.argmax(counts[f"skills_{t.name}"])) for t in skills_world.SOURCES},
+        "majority": source_majority(counts),
     }
+
+
+def source_majority(counts: dict[str, list[int]]) -> dict[str, int]:
+    """Source skill -> the skill vector its source task's instances choose most, from a source run's skill counts
+    ({"skills_<source>": [K] counts}, eval/skills.json at one step and split)."""
+    return {t.name: int(np.argmax(counts[f"skills_{t.name}"])) for t in skills_world.SOURCES}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,10 +252,7 @@ def step0_record(config, workdir: Path, target: PremiseTarget, seed: int, source
     cfg = run_config(
         config, "sharpt", task_name(target, target.sizes[0]), seed, source_checkpoint=str(workdir / source["run"])
     )
-    setup = build.prepare(cfg)
-    model, identity = build.build_model(cfg, setup.files, setup.mesh)
-    source_stage.restore_source(model, cfg, identity)
-    model = on_mesh(model, setup.mesh)
+    model, setup = transferred(cfg)
     e0, chosen, truth = instances(model, registry.PREFIX + task, "test", cfg, setup.mesh)
     table = np.asarray(jax.device_get(model.codebook.embeddings[...]))
     step0 = {"sharpt": step0_scores(model, setup, cfg)}
@@ -280,18 +283,28 @@ def step0_record(config, workdir: Path, target: PremiseTarget, seed: int, source
     return record
 
 
+def transferred(cfg) -> tuple:
+    """(model, build.Setup) of the target run `cfg` before any target step: built, with what its source run
+    trained (cfg.source_checkpoint) restored, every array on the mesh."""
+    setup = build.prepare(cfg)
+    model, identity = build.build_model(cfg, setup.files, setup.mesh)
+    source_stage.restore_source(model, cfg, identity)
+    return on_mesh(model, setup.mesh), setup
+
+
 def on_mesh(model, mesh):
     """The model with every array placed by its sharding on `mesh` (restored and added parts sit on one device)."""
     graphdef, state = nnx.split(model)
     return nnx.merge(graphdef, jax.device_put(state, sharding.state_shardings(state, mesh)))
 
 
-def step0_scores(model, setup, cfg) -> dict:
-    """Validation and test exact match of the model as it is (no target step), and the test instances' skills."""
+def step0_scores(model, setup, cfg, metric: str = "exact_match") -> dict:
+    """Validation and test `metric` of the model as it is (no target step; one task), and the test instances'
+    skills [N] (the codebook index each chose)."""
     out = {}
     for split in ("validation", "test"):
         metrics, _, scored = scoring.score_tasks(model, setup.eval_tasks, split, cfg, setup.mesh)
-        out[split] = metrics["exact_match"]
+        out[split] = metrics[metric]
         if split == "test":
             out["skills"] = np.asarray(next(iter(scored.values())).skills).tolist()
     return out
