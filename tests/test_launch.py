@@ -208,11 +208,11 @@ import jax
 from sharpt_jax import checkpoints, hf_weights
 jax.distributed.initialize()  # From the SLURM variables.
 folder = hf_weights.resolve_folder_on_hosts("org/tiny")
-print(folder, checkpoints.folder_checksum(folder))
+print("result:", folder, checkpoints.folder_checksum(folder), flush=True)
 try:
     hf_weights.resolve_folder_on_hosts("org/missing")
 except hf_weights.CheckpointError as err:
-    print(err)
+    print("result:", err, flush=True)
 """
 
 
@@ -241,7 +241,10 @@ def test_a_hub_model_is_downloaded_once_by_process_0(tmp_path):
         "HEAD config.json",
         "HEAD model.safetensors",
     ]
-    first, second = ([line for line in out.splitlines() if not line.startswith("[Gloo]")] for _, out, _ in results)
+    # Gloo's C++ start-up lines share stdout (unflushed, so they may split anywhere): keep the script's own lines.
+    first, second = (
+        [line.split("result: ", 1)[1] for line in out.splitlines() if "result: " in line] for _, out, _ in results
+    )
     snapshot = tmp_path / "hf_home" / "hub" / "models--org--tiny" / "snapshots" / hub.commit
     assert first[0] == f"{snapshot} {_reference_checksum(snapshot, list(weights))}"
     assert second[0] == first[0]  # The same commit, the same files.
