@@ -223,7 +223,7 @@ def test_row_errors(predictor):
 
 
 def test_command_lines(runs, adapters, mixed, tmp_path):
-    export_command.main([str(runs["boolq"][1]), str(tmp_path / "boolq")])
+    export_command.main(["--workdir", str(runs["boolq"][1]), "--out", str(tmp_path / "boolq")])
     assert load_adapter(tmp_path / "boolq").params.keys() == load_adapter(adapters["boolq"]).params.keys()
     rows, texts = mixed
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))

@@ -216,3 +216,22 @@ def test_help_is_quick_and_imports_neither_tensorflow_nor_jax(command, tmp_path)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: ")
     imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
     assert "sharpt_jax" in imported and not imported & {"tensorflow", "jax", "seqio", "torch"}
+
+
+@pytest.mark.parametrize(
+    "lines,message",
+    [
+        (['{"task": "x", "inputs": "a"}', '{"task": "x", "inputs": }'], "rows.jsonl:2: not valid JSON"),
+        (['["task", "x"]'], "rows.jsonl:1: a row must be a JSON object, got list"),
+        (None, "rows.jsonl: no such file"),
+    ],
+)
+def test_predict_names_a_bad_input_line_before_loading_models(lines, message, tmp_path):
+    """A mistake in --input is one line and exit 2, found before the adapter (here a missing one) is read."""
+    rows = tmp_path / "rows.jsonl"
+    if lines is not None:
+        rows.write_text("\n".join(lines) + "\n")
+    cmd = [sys.executable, "-m", "sharpt_jax.predict", "--adapter", str(tmp_path / "none"), "--input", str(rows)]
+    proc = subprocess.run([*cmd, "--output", str(tmp_path / "out.jsonl")], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and message in proc.stderr.splitlines()[-1]

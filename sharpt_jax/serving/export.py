@@ -1,6 +1,6 @@
 """Adapters: one checkpoint of a run as a small, self-contained folder that `sharpt_jax.serving.predict` serves.
 
-    python -m sharpt_jax.export RUN_DIR OUT_DIR [--step N]
+    python -m sharpt_jax.export --workdir RUN_DIR --out OUT_DIR [--step N]
 
 exports the run's best validation checkpoint (eval/best.json; score the run first with --config.mode=eval) or
 checkpoint N. OUT_DIR gets

@@ -426,17 +426,36 @@ def _jsonable(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _read_rows(path: Path) -> list[dict]:
+    """The JSON objects of the lines of `path` (blank lines skipped); ConfigError naming `path:line` otherwise."""
+    if not path.is_file():
+        raise build.ConfigError(f"--input {path}: no such file")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise build.ConfigError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from err
+        if not isinstance(row, dict):
+            raise build.ConfigError(f"{path}:{number}: a row must be a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
 def run(adapter: list[Path], input: Path, output: Path, batch_size: int, t5: str | None, encoder: str | None):
     """`python -m sharpt_jax.predict`: the rows of the JSONL file `input` answered by the `adapter` folders,
     one JSON line per row written to `output` (see `sharpt_jax.predict` for the arguments)."""
     try:
+        rows = _read_rows(input)  # First: a mistake in the file answers before any model loads.
         adapters = [load_adapter(path, t5=t5, encoder=encoder) for path in adapter]
         predictor = Predictor(adapters, batch_size=batch_size)
-        rows = [json.loads(line) for line in input.read_text().splitlines() if line.strip()]
         start = time.perf_counter()
         outputs = predictor.predict(rows)
     except build.ConfigError as err:
-        sys.exit(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     seconds = time.perf_counter() - start
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".tmp")  # Renamed once complete: never half a file.
