@@ -10,16 +10,16 @@ machine the pipeline makes 3,000-3,500 examples/s at lengths 512/128/128 (9 ms p
 measured under load), made by a thread while the devices run the step (`prefetch`), and a TPU VM host has
 dozens of cores.
 
-Training (`train_batches`): an index-based stream whose position is a few integers saved with each checkpoint,
-so a resumed run starts where the saved run stopped without replaying anything. Each task's training split is
-read once per process, through the task's formatting preprocessors (those before `tasks.features.tokenize`,
-which may make several examples of one row, or none), into a list of untokenised examples in host memory: the
-task's index. Epoch e of a task visits its index in the order of a permutation drawn from (seed, task, e), and
-tokenises and pads just the examples it visits (in tf.data, prefetched); batch k of a mixture takes each of its
-rows from the task drawn for it by a generator seeded with (seed, k). The position after batch k is k and,
-per task, (epoch, index of the next example): `host_train_batches` yields it with every batch, and started
-from it yields exactly the batches an uninterrupted stream yields next. The stream is a pure function of (task,
-lengths, batch size, seed) and does not depend on the number of hosts, so a run resumes on another number.
+Training (`train_batches`): an index-based stream whose position is a few integers saved with each checkpoint, so a
+resumed run starts where the saved run stopped without replaying anything. Each task's training split is read once
+per process, through the task's formatting preprocessors (those before `tasks.features.tokenize`, which may make
+several examples of one row, or none), into a list of untokenised examples in host memory: the task's index. Epoch e
+of a task visits its index in the order of a permutation drawn from (seed, the task's place in the mixture, e), and
+tokenises and pads just the examples it visits (in tf.data, prefetched); batch k of a mixture takes each of its rows
+from the task drawn for it by a generator seeded with (seed, k). The position after batch k is k and, per task,
+(epoch, index of the next example): `host_train_batches` yields it with every batch, and started from it yields
+exactly the batches an uninterrupted stream yields next. The stream is a pure function of (task, lengths, batch
+size, seed) and does not depend on the number of hosts, so a run resumes on another number.
 
 Why not a checkpointed tf.data iterator (T5X's way): the task sources read files through Python generators,
 which tf.data cannot save, and seqio shuffles tokenised examples in a buffer per task (1,000 each), which
@@ -51,7 +51,6 @@ import functools
 import itertools
 import queue
 import threading
-import zlib
 from collections.abc import Iterator, Mapping
 
 import jax
@@ -140,7 +139,9 @@ def host_train_batches(
     position = copy.deepcopy(position or start_position(task_or_mixture))
     if sorted(position["tasks"]) != sorted(task.name for task in tasks):
         raise ValueError(f"{task_or_mixture}: the position names tasks {sorted(position['tasks'])}")
-    streams = [_task_examples(task, sequence_length, seed, position["tasks"][task.name]) for task in tasks]
+    streams = [
+        _task_examples(task, i, sequence_length, seed, position["tasks"][task.name]) for i, task in enumerate(tasks)
+    ]
     while True:
         step = position["step"]
         # The mixture's draw for batch `step` is a function of (seed, step) alone, so a resumed stream makes it
@@ -164,20 +165,22 @@ def _tasks_and_rates(task_or_mixture: str) -> tuple[list[seqio.Task], np.ndarray
     return list(provider.tasks), rates / rates.sum()
 
 
-def _task_examples(task: seqio.Task, sequence_length: Lengths, seed: int, start: list[int]) -> Iterator:
+def _task_examples(
+    task: seqio.Task, task_index: int, sequence_length: Lengths, seed: int, start: list[int]
+) -> Iterator:
     """Endless (features, [epoch, index]) of one task's training examples from position `start` = [epoch,
     index]: epoch e visits the task's indexed examples (`_indexed_examples`) in the order of a permutation drawn
-    from (seed, task name, e), each then tokenised by the rest of the task's preprocessors and padded by the
-    feature converter."""
+    from (seed, the task's index in its mixture, e), each then tokenised by the rest of the task's preprocessors
+    and padded by the feature converter. The index, not the name, seeds it: the same rows under another task name
+    (a registered task and its rows as a `files:` task) are read in the same order."""
     examples = _indexed_examples(task.name, seed, dataclasses.astuple(registry.SETTINGS))
     if not examples:
         raise ValueError(f"{task.name}: the training split has no examples")
-    salt = zlib.crc32(task.name.encode())
 
     def permuted():
         epoch, first = start
         while True:
-            order = np.random.default_rng([seed, salt, epoch]).permutation(len(examples))
+            order = np.random.default_rng([seed, task_index, epoch]).permutation(len(examples))
             for index in range(first, len(examples)):
                 yield examples[order[index]]
             epoch, first = epoch + 1, 0
@@ -234,7 +237,8 @@ def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
     """The items of `iterator`, made by a background thread that keeps up to `size` of them ready (as big_vision's
     prefetch of device batches): with `train_batches`, the next global batches are read, tokenised and placed on
     the devices while the current step runs. An exception of `iterator` is raised by the `next` that would have
-    returned its item; closing the generator stops the thread."""
+    returned its item; closing the generator stops the thread and waits for it (at most the item in the making), so
+    that no batch is being built by TensorFlow or placed by JAX while the interpreter shuts down (which aborts)."""
     ready = queue.Queue(maxsize=size)
     stop = threading.Event()
 
@@ -253,7 +257,8 @@ def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
         except Exception as err:  # Raised again in the consumer's thread.
             ready.put((None, err))
 
-    threading.Thread(target=produce, daemon=True, name="prefetch").start()
+    thread = threading.Thread(target=produce, daemon=True, name="prefetch")
+    thread.start()
     try:
         while True:
             item, err = ready.get()
@@ -264,6 +269,7 @@ def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
             yield item
     finally:
         stop.set()
+        thread.join()
 
 
 def train_batches(
