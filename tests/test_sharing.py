@@ -225,7 +225,7 @@ def test_help_is_quick_and_imports_neither_tensorflow_nor_jax(command, tmp_path)
     "lines,message",
     [
         (['{"task": "x", "inputs": "a"}', '{"task": "x", "inputs": }'], "rows.jsonl:2: not valid JSON"),
-        (['["task", "x"]'], "rows.jsonl:1: a row must be a JSON object, got list"),
+        (['["task", "x"]'], "rows.jsonl:1: a list, expected a JSON object"),
         (None, "rows.jsonl: no such file"),
     ],
 )

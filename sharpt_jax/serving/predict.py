@@ -54,7 +54,7 @@ from sharpt_jax.models import methods
 from sharpt_jax.models.sharpt import SharPT
 from sharpt_jax.serving.export import Adapter, AdapterError, adapter_filter, load_adapter
 from tasks import files as file_tasks
-from tasks import registry, sources
+from tasks import registry, row_files, sources
 from tasks.features import SharPTFeatureConverter
 
 ROW = "row_index"  # The field that carries each example's row through the task's preprocessing.
@@ -427,21 +427,14 @@ def _jsonable(value):
 
 
 def _read_rows(path: Path) -> list[dict]:
-    """The JSON objects of the lines of `path` (blank lines skipped); ConfigError naming `path:line` otherwise."""
+    """The rows of the JSONL file `path`, read by the project's one row reader (`tasks.row_files`); ConfigError
+    naming `path:line` for a line that is not a JSON object, or naming the file when it is missing or empty."""
     if not path.is_file():
         raise build.ConfigError(f"--input {path}: no such file")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise build.ConfigError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from err
-        if not isinstance(row, dict):
-            raise build.ConfigError(f"{path}:{number}: a row must be a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
+    try:
+        return [row for _, row in row_files.json_rows(path)]
+    except row_files.DataError as err:
+        raise build.ConfigError(str(err)) from err
 
 
 def run(adapter: list[Path], input: Path, output: Path, batch_size: int, t5: str | None, encoder: str | None):
