@@ -92,6 +92,23 @@ def test_predictions_fail_where_the_numbers_say_so(change, prediction):
     assert statuses(made_up(**change))[prediction] == "failed"
 
 
+def test_source_own_share_is_the_majority_vectors_share_of_the_source_instances():
+    from sharpt_jax.experiments import skills_report
+
+    split, whole = [106, 94] + [0] * 14, [0, 0, 200] + [0] * 13  # Seed 0 splits reverse over two vectors.
+    sources = [dict(start="sharpt", seed=s, counts={"reverse": c, "sort": whole}) for s, c in enumerate((split, whole))]
+    sources.append(dict(start="sharpt_random", seed=0, counts={"reverse": whole, "sort": whole}))  # Not SharPT's.
+    targets = [
+        dict(target="A1", skills=("reverse",), seeds=(0, 1)),
+        dict(target="A1_seed0", skills=("reverse",), seeds=(0,)),
+        dict(target="A4", skills=("sort", "reverse"), seeds=(0,)),
+        dict(target="swap", skills=("swap",), seeds=(0, 1)),
+    ]
+    own = skills_report.source_own_share(dict(sources=sources, targets=targets))
+    assert own["A1"] == pytest.approx((0.53 + 1.0) / 2) and own["A1_seed0"] == pytest.approx(0.53)
+    assert own["A4"] == pytest.approx((1.0 + 0.53) / 2) and np.isnan(own["swap"])
+
+
 def test_a_prediction_is_untested_where_the_source_skill_is_not_learned():
     got = statuses(made_up(source_validation=70.0, step0=0.0))
     assert got["A_step0"] == got["A_gain16"] == "not tested"
@@ -129,6 +146,7 @@ def tiny_premise(tmp_path_factory):
 def test_premise_records_routing_and_controls(tiny_premise):
     config, workdir, results = tiny_premise
     assert json.loads((workdir / "results.json").read_text())["runs"] == json.loads(json.dumps(results["runs"]))
+    assert results["complete"] and "PARTIAL" not in (workdir / "results.md").read_text()
     for name in ("results.md", "gain_vs_routing.png"):
         assert (workdir / name).stat().st_size > 0
     runs = results["runs"]

@@ -118,36 +118,50 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     seeds = sorted({s for t in planned for s in t.seeds})
     sources = {seed: source_run(config, workdir, "sharpt", seed) for seed in seeds}
     starts = [source_run(config, workdir, start, 0) for start in config.skills.codebook_starts]
-    runs, routing = [], []
+
+    # Routing and step 0 of every target first (no training, minutes): results.json then holds every stratum's
+    # routing, step-0 scores and replays while the target runs are still to come.
+    routing, step0_runs = [], []
     for target in planned:
         for seed in target.seeds:
             step0 = step0_record(config, workdir, target, seed, sources[seed])
             routing.append(step0)
-            runs += [
+            step0_runs += [
                 {**base_record(target, method, seed, 0, step0), "test": s["test"], "validation": s["validation"]}
                 for method, s in step0["step0"].items()
             ]
+
+    def write(trained: list[dict], complete: bool) -> dict:
+        results = {
+            "complete": complete,  # False while target runs are to come: results.json is rewritten per target.
+            "targets": [target_summary(t) for t in planned],
+            "runs": step0_runs + trained,
+            "routing": routing,
+            "sources": [*sources.values(), *starts],
+            "predictions": [dict(p) for p in config.skills.predictions],
+            "ceiling": storage.read_json(Path(config.t5) / "ceiling.json"),
+            "protocol": (
+                "test exact match of the best-validation checkpoint; rate per (target, method, size) by the mean "
+                f"validation of the first {config.skills.selection_seeds} seed(s); num_train 0 = before any target step"
+            ),
+            "config": config.to_dict(),
+            "seconds": time.perf_counter() - started,
+        }
+        skills_report.write_premise(results, workdir)
+        return results
+
+    trained = []
+    write(trained, complete=False)
+    for target in planned:
         for size in target.sizes:
-            runs += target_runs(config, workdir, target, size, sources)
-    results = {
-        "targets": [
-            dict(stratum=t.stratum, spec=t.spec, target=t.task.name, skills=t.task.skills, sizes=t.sizes, seeds=t.seeds)
-            for t in planned
-        ],
-        "runs": runs,
-        "routing": routing,
-        "sources": [*sources.values(), *starts],
-        "predictions": [dict(p) for p in config.skills.predictions],
-        "ceiling": storage.read_json(Path(config.t5) / "ceiling.json"),
-        "protocol": (
-            "test exact match of the best-validation checkpoint; rate per (target, method, size) by the mean "
-            f"validation of the first {config.skills.selection_seeds} seed(s); num_train 0 = before any target step"
-        ),
-        "config": config.to_dict(),
-        "seconds": time.perf_counter() - started,
-    }
-    skills_report.write_premise(results, workdir)
-    return results
+            trained += target_runs(config, workdir, target, size, sources)
+        if target is not planned[-1]:
+            write(trained, complete=False)
+    return write(trained, complete=True)
+
+
+def target_summary(t: PremiseTarget) -> dict:
+    return dict(stratum=t.stratum, spec=t.spec, target=t.task.name, skills=t.task.skills, sizes=t.sizes, seeds=t.seeds)
 
 
 def task_name(target: PremiseTarget, size: int) -> str:

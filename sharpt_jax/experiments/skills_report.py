@@ -278,11 +278,22 @@ def write_premise(results: dict, workdir: Path) -> None:
 
 
 def premise_markdown(results: dict) -> str:
-    lines = ["Predictions (configs/skills.py PREDICTIONS, written before any run):", ""]
+    lines = []
+    if not results.get("complete", True):
+        done = {r["target"] for r in results["runs"] if r["num_train"] > 0}
+        planned = [t["target"] for t in results["targets"] if t["stratum"] != "replay"]
+        lines += [
+            f"PARTIAL: routing and step 0 of every target; target runs of {sum(t in done for t in planned)} of "
+            f"{len(planned)} targets ({', '.join(t for t in planned if t in done) or 'none'}). The predictions below "
+            "are judged on what has run so far.",
+            "",
+        ]
+    lines += ["Predictions (configs/skills.py PREDICTIONS, written before any run):", ""]
     lines += ["| prediction | status | numbers |", "|---|---|---|"]
     lines += [f"| {p['text']} | {p['status']} | {p['detail']} |" for p in results["prediction_status"]]
     by_cell = skills_stats.cells(results["runs"])
     routes = skills_stats.routing_by_target(results["routing"])
+    own = source_own_share(results)
     sizes = sorted({r["num_train"] for r in results["runs"]})
     methods = list(dict.fromkeys(r["method"] for r in results["runs"]))
     for stratum in dict.fromkeys(t["stratum"] for t in results["targets"]):
@@ -290,14 +301,16 @@ def premise_markdown(results: dict) -> str:
         columns = [(m, n) for m in methods for n in sizes if any((t, m, n) in by_cell for t in names)]
         lines += [
             "",
-            f"Stratum {stratum}: test exact match, mean +- std over seeds (n = 0: before any target step).",
+            f"Stratum {stratum}: test exact match, mean +- std over seeds (n = 0: before any target step). Routing "
+            "beside its ceiling: the share of the source skill's own test instances that choose its majority vector.",
             "",
         ]
-        lines.append("| target | routing | " + " | ".join(f"{premise_title(m)} n={n}" for m, n in columns) + " |")
-        lines.append("|---|---|" + "---|" * len(columns))
+        header = "| target | routing | source's own | "
+        lines.append(header + " | ".join(f"{premise_title(m)} n={n}" for m, n in columns) + " |")
+        lines.append("|---|---|---|" + "---|" * len(columns))
         for t in names:
             row = [_mean_std(by_cell.get((t, m, n))) for m, n in columns]
-            lines.append(f"| {t} | {routes[t]:.2f} | " + " | ".join(row) + " |")
+            lines.append(f"| {t} | {routes[t]:.2f} | {own[t]:.2f} | " + " | ".join(row) + " |")
     lines += ["", "Paired differences SharPT - other, per seed, mean and 95% t interval:", ""]
     lines += ["| stratum | target | n | other | seeds | mean | 95% interval |", "|---|---|---|---|---|---|---|"]
     for r in results["paired"]:
@@ -336,6 +349,22 @@ def _source_lines(results: dict) -> list[str]:
         cells += [f"{m['purity']:.2f}", f"{m['skill_perplexity']:.1f}", str(m["dead_skills"])]
         lines.append(f"| {source['start']} | {source['seed']} | " + " | ".join(cells) + " |")
     return lines
+
+
+def source_own_share(results: dict) -> dict[str, float]:
+    """Target -> the routing its source skills reach on their own test instances (mean over seeds and skills): the
+    share that choose the skill's majority vector. Routing counts only that vector, so a source that splits its
+    instances over two vectors caps its targets' routing below 1; NaN for a target without source skills."""
+    shares = {}  # (seed, skill) -> share
+    for source in results["sources"]:
+        if source["start"] == "sharpt":
+            for skill, counts in source["counts"].items():
+                shares[source["seed"], skill] = max(counts) / max(sum(counts), 1)
+    out = {}
+    for t in results["targets"]:
+        values = [shares[s, k] for s in t["seeds"] for k in t["skills"] if (s, k) in shares]
+        out[t["target"]] = float(np.mean(values)) if values else NAN
+    return out
 
 
 def _mean_std(cell: dict | None) -> str:
