@@ -29,6 +29,7 @@ Scoring: exact match of the whole word list and token accuracy (position-wise), 
 import dataclasses
 import functools
 import re
+import unicodedata
 import zlib
 
 import numpy as np
@@ -239,7 +240,7 @@ def parse_spec(spec: str) -> Target:
             )
         return Target(spec, TASKS[body], num_train)
     behaviours = tuple(_behaviour(part, spec) for part in body.split(";"))
-    name = name or re.sub(r"_+", "_", re.sub(r"\W", "_", "_".join(_label(b) for b in behaviours))).strip("_")
+    name = name or _name_of(behaviours)
     if not _NAME.fullmatch(name) or re.search(r"_n\d+$", name):
         raise SpecError(f"target spec {spec!r}: name {name!r} must be letters, digits and _, not ending _n<N>")
     if name in TASKS and TASKS[name].behaviours != behaviours:
@@ -263,8 +264,12 @@ def _behaviour(part: str, spec: str) -> Behaviour:
     return Behaviour(skill, phrase, categories)
 
 
-def _label(behaviour: Behaviour) -> str:
-    return f"{behaviour.skill} {behaviour.phrase} {' '.join(behaviour.categories)}".lower()
+def _name_of(behaviours: tuple[Behaviour, ...]) -> str:
+    """The name of a spec without NAME=: its skills, phrases and categories in ASCII letters, digits and _ (accents
+    dropped, "déjà vu" -> "deja_vu"; other characters become _)."""
+    label = " ".join(f"{b.skill} {b.phrase} {' '.join(b.categories)}" for b in behaviours).lower()
+    ascii_label = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
+    return re.sub(r"_+", "_", re.sub(r"[^a-z0-9]", "_", ascii_label)).strip("_")
 
 
 def register_spec(spec: str) -> Target:

@@ -45,6 +45,14 @@ def test_single_behaviour_spec_pools_its_categories_and_names_itself():
     assert set(words) & set(skills_world.WORDS["body"]) and set(words) & set(skills_world.WORDS["weather"])
 
 
+@pytest.mark.parametrize(
+    "phrase, name",
+    [("Déjà Vu, twice!", "reverse_deja_vu_twice_body"), ("it's (back-to-front)", "reverse_it_s_back_to_front_body")],
+)
+def test_a_phrase_in_any_characters_names_its_target_in_ascii(phrase, name):
+    assert skills_world.parse_spec(f"reverse:{phrase}:body").task.name == name
+
+
 def test_world_task_names_are_those_tasks_unchanged():
     for name in ("reverse_shift", "sort_or_reverse", "reverse"):  # Targets of stratum C, a source (replay).
         target = skills_world.parse_spec(name + "@64")
