@@ -150,12 +150,13 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         skills_report.write_premise(results, workdir)
         return results
 
+    # Size by size, every target at the smallest size first (where the predictions are made); results.json after
+    # each (size, target), so a stopped experiment has its predictions judged on what ran.
     trained = []
     write(trained, complete=False)
-    for target in planned:
-        for size in target.sizes:
+    for size in sorted({n for t in planned for n in t.sizes}):
+        for target in [t for t in planned if size in t.sizes]:
             trained += target_runs(config, workdir, target, size, sources)
-        if target is not planned[-1]:
             write(trained, complete=False)
     return write(trained, complete=True)
 

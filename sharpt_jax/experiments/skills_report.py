@@ -280,12 +280,12 @@ def write_premise(results: dict, workdir: Path) -> None:
 def premise_markdown(results: dict) -> str:
     lines = []
     if not results.get("complete", True):
-        done = {r["target"] for r in results["runs"] if r["num_train"] > 0}
-        planned = [t["target"] for t in results["targets"] if t["stratum"] != "replay"]
+        done = sorted({(r["num_train"], r["target"]) for r in results["runs"] if r["num_train"] > 0})
+        planned = sum(len(t["sizes"]) for t in results["targets"] if t["stratum"] != "replay")
         lines += [
-            f"PARTIAL: routing and step 0 of every target; target runs of {sum(t in done for t in planned)} of "
-            f"{len(planned)} targets ({', '.join(t for t in planned if t in done) or 'none'}). The predictions below "
-            "are judged on what has run so far.",
+            f"PARTIAL: routing and step 0 of every target; the target runs of {len(done)} of {planned} (target, size) "
+            f"pairs ({', '.join(f'{t} n={n}' for n, t in done) or 'none'}). The predictions are judged on what has "
+            "run so far.",
             "",
         ]
     lines += ["Predictions (configs/skills.py PREDICTIONS, written before any run):", ""]
