@@ -117,7 +117,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     planned = targets(config)
     seeds = sorted({s for t in planned for s in t.seeds})
     sources = {seed: source_run(config, workdir, "sharpt", seed) for seed in seeds}
-    starts = []  # The codebook starts' source runs, last: no target needs them.
+    starts = [source_run(config, workdir, start, 0) for start in config.skills.codebook_starts]
 
     # Routing and step 0 of every target first (no training, minutes): results.json then holds every stratum's
     # routing, step-0 scores and replays while the target runs are still to come.
@@ -158,7 +158,6 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         for target in [t for t in planned if size in t.sizes]:
             trained += target_runs(config, workdir, target, size, sources)
             write(trained, complete=False)
-    starts += [source_run(config, workdir, start, 0) for start in config.skills.codebook_starts]
     return write(trained, complete=True)
 
 
