@@ -27,6 +27,7 @@ Writers on several hosts call these on the first host only.
 """
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
@@ -74,13 +75,27 @@ def sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
+def files(folder: Path, name: str = "*") -> list[Path]:
+    """Every file named `name` (a glob pattern) in `folder` and its subfolders, sorted. (epath refuses "**"
+    globs on object stores, one listing per folder being the costly part; this lists each folder once.)"""
+    if is_local(folder):
+        return sorted(p for p in folder.rglob(name) if p.is_file())
+    scheme = os.fspath(folder).partition("://")[0] + "://"  # fsspec's walk names folders without it.
+    return sorted(
+        epath.Path(root if "://" in (root := os.fspath(top)) else scheme + root) / file
+        for top, _, names in folder.walk()
+        for file in names
+        if fnmatch.fnmatch(file, name)
+    )
+
+
 def move(source: Path, target: Path) -> None:
     """Moves folder `source` to `target` (absent). A local rename is one atomic step; an object store has no
     folders to rename, so there each file is copied, then `source` deleted (a crash between leaves both)."""
     if is_local(source):
         source.rename(target)
         return
-    for file in [f for f in source.rglob("*") if not f.is_dir()]:
+    for file in files(source):
         (target / file.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
         file.copy(target / file.relative_to(source))
     rmtree(source)

@@ -120,7 +120,7 @@ def read_json(path: storage.Path):
 def find_runs(runs_dir: storage.Path) -> tuple[list[Run], list[str]]:
     """The scored runs under runs_dir, and a note for every folder left out (not scored, no test split)."""
     runs, notes = [], []
-    for config_file in sorted(runs_dir.rglob("config.json")):
+    for config_file in storage.files(runs_dir, "config.json"):
         folder = config_file.parent
         if not (folder / "eval" / "best.json").exists():
             if (folder / "checkpoints").is_dir():  # Else a model folder's config.json, not a run.
