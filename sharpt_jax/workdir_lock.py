@@ -15,8 +15,8 @@ runs of this host that find it, the new record replaces it with one atomic renam
 its checkpoints as ever. A lock of another host is never taken over, since its process cannot be checked from
 here: the message says to delete the file once that run is known to be gone.
 
-On an object store (a gs:// workdir) there is neither os.link nor flock, and no create-if-absent that the file
-layers (tf.io.gfile, fsspec) expose. There the lock is taken by looking for it, writing the record when it is
+On an object store (a gs:// workdir) there is neither os.link nor flock, and no create-if-absent that epath's
+backends (tf.io.gfile, fsspec) expose. There the lock is taken by looking for it, writing the record when it is
 absent (or stale), and reading it back: two runs that race see the same last upload (GCS reads are strongly
 consistent after a write), and the one whose record it is not is refused. The runs of one host are serialised
 by an flock of a local guard file named after the workdir, so a stale lock is taken over once, as on a disk.

@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -42,7 +43,9 @@ def running() -> Iterator[str]:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "gcp_storage_emulator", "start", "--port", str(port), "--in-memory", "-q"]
-    proc = subprocess.Popen([*cmd, "--default-bucket", BUCKET], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Its log (a line per request) goes to a file: a pipe nobody reads would fill and stop the server.
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([*cmd, "--default-bucket", BUCKET], stdout=log, stderr=log)
     url = f"http://localhost:{port}"
     try:
         deadline = time.time() + 60
@@ -51,13 +54,14 @@ def running() -> Iterator[str]:
                 urllib.request.urlopen(f"{url}/storage/v1/b/{BUCKET}", timeout=2)
                 break
             except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                assert proc.poll() is None, log.seek(0) or log.read().decode()[-2000:]
                 assert time.time() < deadline, "the GCS emulator did not answer within 60 s"
                 time.sleep(0.2)
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        log.close()
 
 
 def reader(url: str):

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import gcs_emulator
@@ -56,6 +57,7 @@ def test_a_run_on_gcs_trains_resumes_evaluates_exports_serves_and_reports(tmp_pa
         marker = f"{gcs_emulator.BUCKET}/runs/source/checkpoints/4/commit_success.txt"
         while not bucket.exists(marker):
             assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.1)  # The emulator serves one request at a time: leave it to the run.
         proc.kill()
         proc.communicate()
         assert not bucket.exists(f"{gcs_emulator.BUCKET}/runs/source/checkpoints/10")
