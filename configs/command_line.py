@@ -170,7 +170,7 @@ def eval_config(config: ml_collections.ConfigDict, given: set[str], workdir: str
     Raises:
       ConfigError: no config.json, or a given field that differs from the run's (all of them named, one line).
     """
-    path = Path(workdir) / "config.json"
+    path = storage.path(workdir) / "config.json"
     run = storage.read_json(path)
     if run is None:
         raise ConfigError(

@@ -62,6 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import flops, shapes  # noqa: E402
+from sharpt_jax import storage  # noqa: E402
 from sharpt_jax.experiments import paper_report as report  # noqa: E402
 
 METHODS = ("sharpt", "no_latent", "prompt_tuning", "model_tuning", "no_source")
@@ -132,10 +133,9 @@ def needs_data_dir(run: Run) -> bool:
 
 def absolute(field: str, value: str) -> str:
     """A path field's value as an absolute path (from the current folder); hub ids and "" unchanged."""
-    path = Path(value).expanduser()
-    if not value or (field in HUB_OR_FOLDER and not path.exists()):
+    if not value or (field in HUB_OR_FOLDER and not storage.path(value).exists()):
         return value
-    return str(path.absolute())
+    return str(storage.absolute(value))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +212,10 @@ def finished(run: Run) -> bool:
     if int(last.name) != json.loads(config.read_text())["num_train_steps"]:
         return False
     best = run.workdir / "eval" / "best.json"
-    return not run.scored or (best.exists() and best.stat().st_mtime >= last.stat().st_mtime)
+    # Orbax writes _CHECKPOINT_METADATA into each step's folder as it saves it (a folder on GCS has no time).
+    return not run.scored or (
+        best.exists() and storage.version(best)[0] >= storage.version(last / "_CHECKPOINT_METADATA")[0]
+    )
 
 
 def main(argv=None) -> None:
@@ -225,7 +228,7 @@ def main(argv=None) -> None:
     def names(text):
         return text.split(",")
 
-    parser.add_argument("--runs", required=True, type=Path, help="the folder of every run and the report")
+    parser.add_argument("--runs", required=True, type=storage.path, help="the folder of every run and the report")
     parser.add_argument("--data_dir", default="", help="the data folder (CxC, CR; tasks/prepare.py writes it)")
     parser.add_argument("--tables", type=numbers, default=[1, 2, 3], help="paper tables, e.g. 1,3")
     parser.add_argument("--seeds", type=numbers, default=[0], help="e.g. 0,1,2")
@@ -263,7 +266,7 @@ def main(argv=None) -> None:
             parser.error(f"--t5 {item}: expected SIZE=DIR with SIZE one of --sizes ({','.join(args.sizes)})")
         t5[size] = absolute("t5", folder)
 
-    runs_dir = args.runs.absolute()
+    runs_dir = storage.absolute(args.runs)
     runs = plan(runs_dir, args.tables, args.seeds, args.sizes, args.tasks, args.methods, args.eval_sources)
     if not args.data_dir and any(needs_data_dir(r) for r in runs):
         parser.error(

@@ -26,12 +26,13 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from sharpt_jax import storage
 
 PARAMS, RESUME, METADATA = "params", "resume", "metadata"
 # The files that define a Hugging Face model: its config and weights (safetensors, Flax msgpack or torch).
@@ -51,7 +52,7 @@ class Checkpoints:
     """The checkpoints of one run: `Checkpoints(workdir).save(step, state, metadata)`, `.restore(...)`."""
 
     def __init__(self, workdir: str | os.PathLike):
-        self.directory = Path(workdir).absolute() / "checkpoints"
+        self.directory = storage.absolute(workdir) / "checkpoints"
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None, enable_async_checkpointing=False, cleanup_tmp_directories=True
         )
@@ -79,7 +80,7 @@ class Checkpoints:
         # Every process has finished writing step `step` when save returns; one of them deletes.
         if jax.process_index() == 0:
             for earlier in self.resumable_steps()[:-KEEP_RESUME]:
-                shutil.rmtree(self.directory / str(earlier) / RESUME)
+                storage.rmtree(self.directory / str(earlier) / RESUME)
 
     def all_steps(self) -> list[int]:
         """The steps of every complete checkpoint, ascending."""
@@ -93,15 +94,15 @@ class Checkpoints:
         """The steps of the checkpoints that keep their resume state (the last `KEEP_RESUME`), ascending."""
         return [step for step in self.all_steps() if (self.directory / str(step) / RESUME).is_dir()]
 
-    def set_aside(self, step: int) -> Path:
+    def set_aside(self, step: int) -> storage.Path:
         """Moves damaged checkpoint `step` to WORKDIR/damaged_checkpoints/<step> (replacing an earlier one there),
         out of the listing; returns where it went. Every process calls it; the first moves."""
         target = self.directory.parent / DAMAGED / str(step)
         if jax.process_index() == 0:
             if target.exists():
-                shutil.rmtree(target)
+                storage.rmtree(target)
             target.parent.mkdir(parents=True, exist_ok=True)
-            (self.directory / str(step)).rename(target)
+            storage.move(self.directory / str(step), target)
         multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
         self._manager.reload()
         return target

@@ -30,7 +30,6 @@ import functools
 import hashlib
 import json
 import time
-from pathlib import Path
 
 import jax
 import ml_collections
@@ -60,7 +59,7 @@ def _row_keys(tokens: np.ndarray) -> np.ndarray:
 class EmbeddingTable:
     """The e0 of a set of instance-token rows, looked up by the rows' exact tokens."""
 
-    def __init__(self, tokens: np.ndarray, embeddings: np.ndarray, path: Path):
+    def __init__(self, tokens: np.ndarray, embeddings: np.ndarray, path: storage.Path):
         """tokens: int32 [N, I] distinct rows sorted by `_row_keys`; embeddings: float32 [N, m], row-aligned;
         path: the file that holds them (named in errors)."""
         self.tokens, self.embeddings, self.path = tokens, embeddings, path
@@ -151,7 +150,7 @@ def compute_embeddings(model: nnx.Module, rows: np.ndarray, batch_size: int, mes
 # ---------------------------------------------------------------------------------------------
 
 
-def cache_file(config: ml_collections.ConfigDict, task: str, identity: dict) -> tuple[Path, dict]:
+def cache_file(config: ml_collections.ConfigDict, task: str, identity: dict) -> tuple[storage.Path, dict]:
     """(path, key fields) of the table of `task`'s training split for the config's encoder. Call after
     `build.configure_tasks` (the data folder and encoder vocabulary are read from the configured tasks)."""
     fields = {
@@ -165,18 +164,18 @@ def cache_file(config: ml_collections.ConfigDict, task: str, identity: dict) -> 
         "encoder_vocab": registry.SETTINGS.encoder_vocab,
     }
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(config.instance_embedding_cache).expanduser() / f"{task}.{key}.npz", fields
+    return storage.path(config.instance_embedding_cache) / f"{task}.{key}.npz", fields
 
 
-def save(path: Path, table: EmbeddingTable, fields: dict) -> None:
+def save(path: storage.Path, table: EmbeddingTable, fields: dict) -> None:
     """Writes the table atomically (`storage.replacing`): a killed run leaves no partial table, and two runs
     building the same table at once both leave a whole one."""
     with storage.replacing(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, tokens=table.tokens, embeddings=table.embeddings, fields=json.dumps(fields))
 
 
-def load(path: Path) -> EmbeddingTable:
-    with np.load(path) as saved:
+def load(path: storage.Path) -> EmbeddingTable:
+    with path.open("rb") as f, np.load(f) as saved:
         return EmbeddingTable(saved["tokens"], saved["embeddings"], path)
 
 

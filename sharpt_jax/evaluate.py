@@ -24,7 +24,6 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import jax
 
@@ -47,10 +46,10 @@ def evaluate_checkpoints(config, workdir: str | os.PathLike) -> dict:
     if "validation" not in config.eval.splits:
         raise build.ConfigError(f"config.eval.splits={config.eval.splits}: validation selects the best checkpoint")
     with workdir_lock.hold(workdir):
-        return _evaluate(config, Path(workdir))
+        return _evaluate(config, storage.path(workdir))
 
 
-def _evaluate(config, workdir: Path) -> dict:
+def _evaluate(config, workdir: storage.Path) -> dict:
     setup = build.prepare(config)
     ckpts = checkpoints.Checkpoints(workdir)
     writer = logs.tensorboard_writer(workdir)
@@ -117,7 +116,7 @@ class Results:
     """eval/results.json and eval/skills.json of a run, kept in memory and written after every scored split (and
     its scores to TensorBoard with `writer`, the first host's)."""
 
-    def __init__(self, folder: Path, protocol: dict, method: str, writer=None):
+    def __init__(self, folder: storage.Path, protocol: dict, method: str, writer=None):
         self.folder, self.protocol, self.method, self.writer = folder, protocol, method, writer
         self.results = storage.read_json(folder / "results.json") or {"protocol": protocol}
         if self.results.get("protocol") != protocol:
@@ -162,7 +161,7 @@ class Results:
         return best
 
 
-def write_predictions(path: Path, scored: Mapping[str, SplitScore]) -> None:
+def write_predictions(path: storage.Path, scored: Mapping[str, SplitScore]) -> None:
     """One JSON line per example of every task of `scored` ({task: SplitScore}), written atomically."""
     lines = []
     for task, split_score in scored.items():

@@ -6,13 +6,14 @@ The command's entry point; the code is `sharpt_jax.serving.export`, imported onc
 
 import argparse
 import sys
-from pathlib import Path
+
+from sharpt_jax import storage
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", type=Path, required=True, help="the run's folder, as run.py's --workdir")
-    parser.add_argument("--out", type=Path, required=True, help="where the adapter goes")
+    parser.add_argument("--workdir", type=storage.path, required=True, help="the run's folder, as run.py's --workdir")
+    parser.add_argument("--out", type=storage.path, required=True, help="where the adapter goes")
     parser.add_argument("--step", type=int, default=None, help="checkpoint to export (default: eval/best.json's)")
     args = parser.parse_args(argv)
     from sharpt_jax import build

@@ -7,12 +7,16 @@ once per logging window (`summarize`), so logging costs one device-to-host trans
 
 import json
 import math
-from pathlib import Path
+import pathlib
+import shutil
+import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from clu import metric_writers
+
+from sharpt_jax import storage
 
 SUMMED = ("loss", "lm_loss", "codebook_loss", "grad_norm")
 
@@ -74,18 +78,27 @@ def progress_line(metrics: dict, num_steps: int, seconds_per_step: float) -> str
 
 class MetricsFile:
     """metrics.jsonl, append-only; on resume, lines past the restored step (written after the checkpoint by the
-    run that was killed) are dropped so the file reads as one uninterrupted run."""
+    run that was killed) are dropped so the file reads as one uninterrupted run.
 
-    def __init__(self, path: Path, keep_until: int, enabled: bool):
-        self.path, self.enabled = path, enabled
+    An object store cannot append to an object: there the lines are kept here and the whole file is uploaded
+    again at each write (one upload per logging window, of a few hundred bytes per window so far)."""
+
+    def __init__(self, path: storage.Path, keep_until: int, enabled: bool):
+        self.path, self.enabled, self.lines = path, enabled, []
         if enabled and path.exists():
-            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= keep_until]
-            path.write_text("".join(line + "\n" for line in kept))
+            self.lines = [line + "\n" for line in path.read_text().splitlines() if _step_of(line) <= keep_until]
+            storage.write_text(path, "".join(self.lines))
 
     def write(self, record: dict) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        line = json.dumps(record) + "\n"
+        if storage.is_local(self.path):
             with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(line)
+        else:
+            self.lines.append(line)
+            storage.write_text(self.path, "".join(self.lines))
 
 
 def _step_of(line: str) -> float:
@@ -95,7 +108,34 @@ def _step_of(line: str) -> float:
         return math.inf  # A line cut by the kill.
 
 
-def tensorboard_writer(workdir: Path) -> metric_writers.SummaryWriter | None:
+def tensorboard_writer(workdir: storage.Path) -> metric_writers.SummaryWriter | None:
     """The writer of the run's TensorBoard events, workdir/tensorboard (`tensorboard --logdir workdir`), on the
     first host; None on the others. Training and the eval mode each add their own events file there."""
-    return metric_writers.SummaryWriter(str(Path(workdir) / "tensorboard")) if jax.process_index() == 0 else None
+    if jax.process_index() != 0:
+        return None
+    folder = workdir / "tensorboard"
+    return metric_writers.SummaryWriter(str(folder)) if storage.is_local(folder) else _UploadingWriter(folder)
+
+
+class _UploadingWriter(metric_writers.SummaryWriter):
+    """TensorBoard events for a folder on an object store: written to a local folder, and each events file
+    uploaded whole to `folder` at every flush (the logging cadence), through the same layer as every other file
+    (an events file grows by about a kilobyte per logging step: a paper run's stays near a megabyte).
+
+    TensorFlow's own gs:// client could write there directly, but only to GCS, and it cannot be pointed at an
+    emulator; through `storage`, events reach every store the rest of the run reaches, the tested one included."""
+
+    def __init__(self, folder: storage.Path):
+        self.folder, self.local = folder, pathlib.Path(tempfile.mkdtemp(prefix="tensorboard."))
+        super().__init__(str(self.local))
+
+    def flush(self) -> None:
+        super().flush()
+        for events in self.local.iterdir():  # One file per writer; its name is unique (time, host, pid).
+            with storage.replacing(self.folder / events.name) as tmp:
+                shutil.copyfile(events, tmp)
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+        shutil.rmtree(self.local, ignore_errors=True)

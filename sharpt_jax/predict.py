@@ -6,14 +6,17 @@ JAX).
 """
 
 import argparse
-from pathlib import Path
+
+from sharpt_jax import storage
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--adapter", action="append", required=True, type=Path, help="an adapter folder (repeat)")
-    parser.add_argument("--input", required=True, type=Path, help='JSONL rows {"task": NAME, ...raw fields}')
-    parser.add_argument("--output", required=True, type=Path, help="JSONL predictions, one line per input row")
+    parser.add_argument(
+        "--adapter", action="append", required=True, type=storage.path, help="an adapter folder (repeat)"
+    )
+    parser.add_argument("--input", required=True, type=storage.path, help='JSONL rows {"task": NAME, ...raw fields}')
+    parser.add_argument("--output", required=True, type=storage.path, help="JSONL predictions, one line per input row")
     parser.add_argument("--batch_size", type=int, default=32, help="rows per batch (padded to the devices)")
     parser.add_argument(
         "--t5", default=None, help="the frozen T5: a folder or hub id, if not at the adapters' recorded path or hub id"

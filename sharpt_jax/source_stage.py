@@ -4,14 +4,13 @@ frozen models and shapes. The method table (`models/methods.py`) says what is tr
 """
 
 import json
-from pathlib import Path
 
 import jax
 import ml_collections
 import safetensors.numpy
 from flax import nnx
 
-from sharpt_jax import checkpoints, optim
+from sharpt_jax import checkpoints, optim, storage
 from sharpt_jax.errors import ConfigError
 from sharpt_jax.models import methods
 
@@ -52,12 +51,12 @@ def check_given(config: ml_collections.ConfigDict) -> None:
             f"method {config.method} in stage target starts from a source run: set "
             "--config.source_checkpoint=SRC_DIR (the workdir of configs/source_mix.py)"
         )
-    source = Path(config.source_checkpoint)
+    source = storage.path(config.source_checkpoint)
     if not ((source / ADAPTER_CONFIG).is_file() or any(source.glob("checkpoints/[0-9]*"))):
         raise _no_source_checkpoints(source)
 
 
-def _no_source_checkpoints(src: Path) -> ConfigError:
+def _no_source_checkpoints(src: storage.Path) -> ConfigError:
     return ConfigError(
         f"config.source_checkpoint={src}: no checkpoints under {src / 'checkpoints'} (nor an exported source "
         f"adapter, {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})"
@@ -70,7 +69,7 @@ def restore_source(model, config: ml_collections.ConfigDict, identity: dict) -> 
     instance encoder and the same shapes. The source is a source run's workdir (its checkpoint
     `config.source_step`, default the last) or an exported adapter of a source run (adapter.json and
     adapter.safetensors). Returns {"workdir", "step"} for the records (an adapter's folder and its run's step)."""
-    src = Path(config.source_checkpoint)
+    src = storage.path(config.source_checkpoint)
     if (src / ADAPTER_CONFIG).is_file():
         return _restore_source_adapter(model, config, identity, src)
     if not (src / "checkpoints").is_dir():  # Checked before opening it: opening would create the folder.
@@ -89,10 +88,10 @@ def restore_source(model, config: ml_collections.ConfigDict, identity: dict) -> 
         nnx.update(model, ckpts.restore_params(step, source_params))
     finally:
         ckpts.close()
-    return {"workdir": str(src.absolute()), "step": step}
+    return {"workdir": str(storage.absolute(src)), "step": step}
 
 
-def _restore_source_adapter(model, config: ml_collections.ConfigDict, identity: dict, src: Path) -> dict:
+def _restore_source_adapter(model, config: ml_collections.ConfigDict, identity: dict, src: storage.Path) -> dict:
     """`restore_source` from an exported adapter of a source run: same checks, its weights placed where the
     model's initial values are."""
     adapter = json.loads((src / ADAPTER_CONFIG).read_text())
@@ -100,7 +99,7 @@ def _restore_source_adapter(model, config: ml_collections.ConfigDict, identity: 
     if config.source_step >= 0 and config.source_step != step:
         raise ConfigError(f"config.source_step={config.source_step}: the adapter {src} holds step {step} only")
     _check_source(str(src), adapter["method"], adapter["stage"], adapter, adapter["model"], config, identity)
-    weights = safetensors.numpy.load_file(src / ADAPTER_WEIGHTS)
+    weights = safetensors.numpy.load((src / ADAPTER_WEIGHTS).read_bytes())
     flat = nnx.to_flat_state(nnx.state(model, optim.path_filter(methods.get(config.method).transferred)))
     expected = {optim.path_str(path): tuple(v.shape) for path, v in flat}
     if any(name not in weights or weights[name].shape != shape for name, shape in expected.items()):
@@ -111,7 +110,7 @@ def _restore_source_adapter(model, config: ml_collections.ConfigDict, identity: 
         for path, v in flat
     ]
     nnx.update(model, nnx.from_flat_state(restored))
-    return {"workdir": str(src.absolute()), "step": step}
+    return {"workdir": str(storage.absolute(src)), "step": step}
 
 
 def _check_source(

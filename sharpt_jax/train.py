@@ -34,7 +34,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -252,10 +251,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
       WorkdirInUse: another run holds `workdir` (sharpt_jax.workdir_lock), checked before anything is built.
     """
     with workdir_lock.hold(workdir):
-        return _train(config, Path(workdir))
+        return _train(config, storage.path(workdir))
 
 
-def _train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
+def _train(config: ml_collections.ConfigDict, workdir: storage.Path) -> dict:
     is_main = jax.process_index() == 0
 
     # -- Set-up and model: build, start from the source run (target stage), split into trainable and frozen. --
@@ -335,7 +334,9 @@ def compile_step(config, graphdef, trainable, frozen, mesh) -> Program:
     return Program(graphdef, state, frozen, step_fn, schedule, restart_every)
 
 
-def resume(config, program: Program, ckpts, run_record: dict, setup: build.Setup, workdir: Path) -> tuple[int, dict]:
+def resume(
+    config, program: Program, ckpts, run_record: dict, setup: build.Setup, workdir: storage.Path
+) -> tuple[int, dict]:
     """Restores the newest readable checkpoint into `program.state` (after checking it is this run's), or gives a
     fresh run its k-means codebook start; returns the step to continue from and the input stream's position.
 
@@ -373,7 +374,7 @@ def resume(config, program: Program, ckpts, run_record: dict, setup: build.Setup
     return 0, data.start_position(setup.train_task)
 
 
-def loop(config, program: Program, batches, start_step: int, ckpts, run_record, setup, workdir: Path) -> dict:
+def loop(config, program: Program, batches, start_step: int, ckpts, run_record, setup, workdir: storage.Path) -> dict:
     """Steps from `start_step` to the end, logging every config.log_every steps and saving every save_every.
     Nothing here waits for the devices except logging and saving."""
     is_main = jax.process_index() == 0
@@ -426,7 +427,7 @@ def loop(config, program: Program, batches, start_step: int, ckpts, run_record, 
     return last
 
 
-def check_same_run(saved: dict, current: dict, workdir: Path) -> None:
+def check_same_run(saved: dict, current: dict, workdir: storage.Path) -> None:
     """A workdir resumes only the run it holds: same task, method, data order, data files, models and source."""
     old, new = saved.get("data_files") or {}, current.get("data_files") or {}  # {path: sha256}: files: tasks.
     if changed := [path for path in new if old.get(path) != new[path]]:

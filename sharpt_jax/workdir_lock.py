@@ -15,6 +15,16 @@ runs of this host that find it, the new record replaces it with one atomic renam
 its checkpoints as ever. A lock of another host is never taken over, since its process cannot be checked from
 here: the message says to delete the file once that run is known to be gone.
 
+On an object store (a gs:// workdir) there is neither os.link nor flock, and no create-if-absent that epath's
+backends (tf.io.gfile, fsspec) expose. There the lock is taken by looking for it, writing the record when it is
+absent (or stale), and reading it back: two runs that race see the same last upload (GCS reads are strongly
+consistent after a write), and the one whose record it is not is refused. The runs of one host are serialised
+by an flock of a local guard file named after the workdir, so a stale lock is taken over once, as on a disk.
+What remains is a window of one round trip: two runs on two hosts that start within it may both find the
+lock absent and both read back their own record, if each reads before the other writes. A lock on an object
+store therefore refuses a second run started any time after the first has begun, but not a truly simultaneous
+start on two hosts; launch each run once (one command on every host of one run is one run: process 0 locks).
+
 On several hosts, process 0 takes the lock for the run and tells the other processes whether it got it, so that
 every process of a refused run stops with the same error.
 """
@@ -22,15 +32,19 @@ every process of a refused run stops with the same error.
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+
+from sharpt_jax import storage
 
 LOCK, GUARD = "lock", "lock.guard"
 
@@ -46,7 +60,7 @@ def hold(workdir: str | os.PathLike) -> Iterator[None]:
     Raises:
       WorkdirInUse: another live run holds it (on every process of a multi-host run).
     """
-    lock, refusal = Path(workdir) / LOCK, None
+    lock, refusal = storage.path(workdir) / LOCK, None
     if jax.process_index() == 0:
         try:
             record = acquire(lock)
@@ -64,10 +78,12 @@ def hold(workdir: str | os.PathLike) -> Iterator[None]:
             release(lock, record)
 
 
-def acquire(lock: Path) -> dict:
+def acquire(lock: storage.Path) -> dict:
     """Creates `lock` with this process's record (taking over a stale one); returns the record."""
     lock.parent.mkdir(parents=True, exist_ok=True)
     record = own_record()
+    if not storage.is_local(lock):
+        return _acquire_object(lock, record)
     tmp = lock.with_name(f"{lock.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(record) + "\n")
     try:
@@ -86,7 +102,22 @@ def acquire(lock: Path) -> dict:
         tmp.unlink(missing_ok=True)
 
 
-def release(lock: Path, record: dict) -> None:
+def _acquire_object(lock: storage.Path, record: dict) -> dict:
+    """`acquire` on an object store: look, write, read back (module docstring)."""
+    digest = hashlib.sha256(str(lock).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"sharpt_lock.{digest}.guard", "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        holder = read_record(lock)
+        if holder is not None and alive(holder):
+            raise WorkdirInUse(describe(lock, holder))
+        storage.write_text(lock, json.dumps(record) + "\n")
+        holder = read_record(lock)
+        if holder != record:  # Another run wrote it since we looked: the last upload holds the workdir.
+            raise WorkdirInUse(describe(lock, holder or {"host": "?", "pid": "?", "since": "?"}))
+        return record
+
+
+def release(lock: storage.Path, record: dict) -> None:
     """Removes `lock` if it still holds `record` (it always should; never delete another run's lock)."""
     if read_record(lock) == record:
         lock.unlink(missing_ok=True)
@@ -103,7 +134,7 @@ def own_record() -> dict:
     }
 
 
-def read_record(lock: Path) -> dict | None:
+def read_record(lock: storage.Path) -> dict | None:
     """The lock file's record; None when it is gone or not a record."""
     try:
         record = json.loads(lock.read_text())
@@ -137,7 +168,7 @@ def process_start(pid: int) -> int | None:
     return int(stat.rpartition(")")[2].split()[19])  # Field 22; the command name before it may hold spaces.
 
 
-def describe(lock: Path, holder: dict) -> str:
+def describe(lock: storage.Path, holder: dict) -> str:
     """One line: the folder, its holder (host, pid, since when) and what to do."""
     fix = "wait for it to end or use another --workdir"
     if holder["host"] != socket.gethostname():

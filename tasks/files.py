@@ -36,7 +36,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import re
 import string
 from collections.abc import Iterable, Mapping
@@ -46,6 +45,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from sharpt_jax import storage
 from tasks import features, metrics, registry, row_files, sources
 from tasks import postprocessors as pp
 from tasks.metrics import TaskEval
@@ -211,8 +211,7 @@ def _scan(path: str, spec: FileSpec, mtime_ns: int, size: int) -> int:
 
 def count_rows(path: Path, spec: FileSpec) -> int:
     """Rows of the split file `path` after checking every one (once per version of the file)."""
-    stat = os.stat(path)
-    return _scan(str(path), spec, stat.st_mtime_ns, stat.st_size)
+    return _scan(str(path), spec, *storage.version(path))
 
 
 def split_files(folder: Path) -> dict[str, Path]:
@@ -375,7 +374,7 @@ def _register(name: str, spec: FileSpec, paths: Mapping[str, Path], record: dict
 def register(path: str, overrides: Mapping | None = None) -> str:
     """Registers the task of folder `path` (settings: its task.json under `overrides`); returns its seqio name.
     Reads only task.json and the folder's listing; DataError for a missing folder or file, or a bad setting."""
-    folder = Path(os.path.abspath(Path(path).expanduser()))  # "a/../b" and "./b" name one folder, one task.
+    folder = storage.absolute(path)  # "a/../b" and "./b" name one folder, one task.
     if not folder.is_dir():
         raise DataError(f"{SCHEME}{path}: no folder {folder}")
     spec = load_spec(folder, overrides or {})
@@ -409,16 +408,8 @@ def checksums(task_names: Iterable[str]) -> dict[str, str]:
     found = {}
     for name in task_names:
         if (recorded := record(name)) is not None:
-            folder = Path(recorded["folder"])
+            folder = storage.path(recorded["folder"])
             for path in [*split_files(folder).values(), folder / SPEC_FILE]:
                 if path.is_file():
-                    found[str(path)] = _sha256(path)
+                    found[str(path)] = storage.sha256(path)
     return found
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()

@@ -18,6 +18,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from sharpt_jax import storage
+
 # The formats, by file suffix: the field separator of CSV and TSV, None for JSONL.
 FORMATS = {".jsonl": None, ".csv": ",", ".tsv": "\t"}
 _JSON_TYPES = {
@@ -43,7 +45,7 @@ def json_type(value) -> str:
 def text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """(line number from 1, the line's text with its line ending) of a UTF-8 file; DataError at a line that is not
     UTF-8."""
-    with open(path, "rb") as f:
+    with storage.path(path).open("rb") as f:
         for number, line in enumerate(f, 1):
             try:
                 text = line.decode("utf-8")

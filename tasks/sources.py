@@ -31,7 +31,6 @@ formats that differ in training (ReCoRD's one example per answer, WSC's correct 
 import dataclasses
 import functools
 import json
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from sharpt_jax import storage
 from tasks import row_files
 from tasks.row_files import DataError, json_type
 
@@ -94,7 +94,7 @@ class RawData:
     def source_name(self, data_dir: str | None) -> str:
         """ "files:<folder>" when the data folder holds any of this task's files, else "tfds:<builders>"."""
         if any(_data_file(data_dir, self.name, s) for s in self.official_splits) or not self.tfds_names:
-            return f"files:{Path(data_dir or '<data_dir>') / self.name}"
+            return f"files:{storage.path(data_dir or '<data_dir>') / self.name}"
         return "tfds:" + "+".join(self.tfds_names)
 
 
@@ -104,7 +104,7 @@ class RawData:
 
 
 def _data_file(data_dir: str | None, name: str, split: str) -> Path | None:
-    path = Path(data_dir, name, f"{split}.jsonl") if data_dir else None
+    path = storage.path(data_dir) / name / f"{split}.jsonl" if data_dir else None
     return path if path is not None and path.is_file() else None
 
 
@@ -126,7 +126,7 @@ def tfds_prepared(tfds_name: str, data_dir: Path | None = None) -> Path | None:
 
 
 def _missing(raw: RawData, split: str, data_dir: str | None) -> DataError:
-    where = Path(data_dir or "<data_dir>", raw.name, f"{split}.jsonl")
+    where = storage.path(data_dir or "<data_dir>") / raw.name / f"{split}.jsonl"
     if raw.tfds_names:
         missing = [n for n in raw.tfds_names if tfds_prepared(n) is None] or list(raw.tfds_names)
         return DataError(
@@ -177,7 +177,7 @@ def _read_jsonl(path: Path, features: Features) -> tf.data.Dataset:
 
     def chunks():
         chunk = []
-        with open(path, encoding="utf-8") as f:
+        with path.open("r", encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
                 if line.strip():
                     chunk.append((number, line))
@@ -302,8 +302,7 @@ def _scan_file(path: str, raw: RawData, mtime_ns: int, size: int) -> int:
 
 
 def _file_rows(path: Path, raw: RawData) -> int:
-    stat = os.stat(path)
-    return _scan_file(str(path), raw, stat.st_mtime_ns, stat.st_size)
+    return _scan_file(str(path), raw, *storage.version(path))
 
 
 def count_rows(raw: RawData, split: str, data_dir: str | None) -> int:

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Lowest first. A module belongs to the first layer with a prefix it equals or extends.
 LAYERS = (
+    ("storage", ("sharpt_jax.storage",)),  # Every path of the project, local or gs://: tasks read through it too.
     ("models", ("sharpt_jax.models",)),
     ("tasks", ("tasks",)),
     (
@@ -23,7 +24,6 @@ LAYERS = (
             "sharpt_jax.source_stage",
             "sharpt_jax.hf",
             "sharpt_jax.sharding",
-            "sharpt_jax.storage",
             "sharpt_jax.workdir_lock",
             "sharpt_jax.data",
             "sharpt_jax.checkpoints",

@@ -300,7 +300,7 @@ def test_finished_runs_are_the_scored_last_steps(runs, tmp_path):
     assert reproduce.finished(run)
     last = tmp_path / "cb" / "checkpoints" / "4"
     best = (tmp_path / "cb" / "eval" / "best.json").stat().st_mtime
-    os.utime(last, (best + 10, best + 10))  # A checkpoint newer than the scores: eval again.
+    os.utime(last / "_CHECKPOINT_METADATA", (best + 10, best + 10))  # A checkpoint newer than the scores: eval again.
     assert not reproduce.finished(run)
     assert reproduce.finished(reproduce.Run(tmp_path / "cb", "", [], scored=False, tables={1}))
     config = json.loads((tmp_path / "cb" / "config.json").read_text())

@@ -31,6 +31,8 @@ SAMPLES_PER_SPLIT = 32
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict]:
     """Runs the demo's stages in `workdir`; returns the rows of the results table."""
+    if not storage.is_local(workdir):  # Its sample data and SentencePiece model are built with local files.
+        raise build.ConfigError(f"--workdir={workdir}: the demo runs in a local folder (train and eval take gs://)")
     workdir = Path(workdir)
     base = config.copy_and_resolve_references()
     if base.t5 == build.RANDOM_T5:

@@ -44,12 +44,14 @@ Writes to OUT_DIR:
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from sharpt_jax import storage
 from sharpt_jax.experiments import plots
 from sharpt_jax.models import methods as method_table
 
@@ -96,7 +98,7 @@ class ReportError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    path: Path
+    path: storage.Path
     method: str  # The row: a key of method_table.METHODS, then "(source stage; <departures>)" where they apply.
     setting: str  # "high_to_low", ..., NO_SETTING, or "source stage: <task>" for a run on several tasks.
     size: str
@@ -104,10 +106,10 @@ class Run:
     seed: int
     step: int  # The best validation step.
     scores: dict  # {task: test score at that step}
-    source: Path | None  # The source run of a target run.
+    source: storage.Path | None  # The source run of a target run.
 
 
-def read_json(path: Path):
+def read_json(path: storage.Path):
     """The content of a JSON file, or ReportError naming it."""
     try:
         return json.loads(path.read_text())
@@ -115,10 +117,10 @@ def read_json(path: Path):
         raise ReportError(f"{path}: cannot read it ({err})") from err
 
 
-def find_runs(runs_dir: Path) -> tuple[list[Run], list[str]]:
+def find_runs(runs_dir: storage.Path) -> tuple[list[Run], list[str]]:
     """The scored runs under runs_dir, and a note for every folder left out (not scored, no test split)."""
     runs, notes = [], []
-    for config_file in sorted(runs_dir.rglob("config.json")):
+    for config_file in storage.files(runs_dir, "config.json"):
         folder = config_file.parent
         if not (folder / "eval" / "best.json").exists():
             if (folder / "checkpoints").is_dir():  # Else a model folder's config.json, not a run.
@@ -140,7 +142,7 @@ def find_runs(runs_dir: Path) -> tuple[list[Run], list[str]]:
     return runs, notes
 
 
-def classify(folder: Path, config: dict, best: dict) -> Run:
+def classify(folder: storage.Path, config: dict, best: dict) -> Run:
     """The run's method, setting, size, protocol, seed and test scores (see the module docstring)."""
     test = best.get("test") or {}
     tasks = sorted({key.split("/")[0] for key in test if "/" in key})
@@ -153,7 +155,7 @@ def classify(folder: Path, config: dict, best: dict) -> Run:
     if tasks or (config["stage"] == "source" and method_table.get(method).transferred is not None):
         qualifiers, setting = ["source stage"], "source stage: " + config["task"]
     elif config.get("source_checkpoint") and config["stage"] == "target":
-        source = Path(config["source_checkpoint"])  # If relative: to the directory run.py ran in, as here.
+        source = storage.path(config["source_checkpoint"])  # If relative: to the directory run.py ran in, as here.
         source_config = source / "config.json"
         if source_config.exists():
             codebook_config = read_json(source_config)
@@ -296,7 +298,7 @@ def table_title(setting: str, size: str, number: int, protocol: str) -> str:
     return f"{what}, T5 {size} (protocol {number}: {protocol.split(';')[0]})"
 
 
-def write_tables(tables: dict, out_dir: Path, notes: list[str]) -> None:
+def write_tables(tables: dict, out_dir: storage.Path, notes: list[str]) -> None:
     """results.md and results.csv (see the module docstring)."""
     lines = [
         "# Results",
@@ -336,9 +338,10 @@ def write_tables(tables: dict, out_dir: Path, notes: list[str]) -> None:
                     )
     if notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
-    with open(out_dir / "results.csv", "w", newline="") as f:
-        csv.writer(f).writerows(rows)
+    storage.write_text(out_dir / "results.md", "\n".join(lines) + "\n")
+    table = io.StringIO(newline="")
+    csv.writer(table).writerows(rows)
+    storage.write_text(out_dir / "results.csv", table.getvalue())
 
 
 def _table_order(item) -> tuple:
@@ -358,7 +361,7 @@ def _cell(cell: tuple | None) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def plot_sizes(tables: dict, out: Path) -> bool:
+def plot_sizes(tables: dict, out: storage.Path) -> bool:
     """Figure 2: Avg (error bar: std over seeds) per size and method, one panel per (setting, protocol) that
     has several sizes. Returns whether there was one to draw."""
     curves = {}
@@ -396,18 +399,18 @@ def skill_family(runs: list[Run]) -> tuple[str, dict[str, list[int]]] | None:
         if base_method(run.method) != "sharpt":
             continue
         if run.method.startswith("sharpt (source stage"):
-            families.setdefault(run.path.resolve(), []).insert(0, run)
+            families.setdefault(storage.absolute(run.path), []).insert(0, run)
         elif run.source is not None:
-            families.setdefault(run.source.resolve(), []).append(run)
+            families.setdefault(storage.absolute(run.source), []).append(run)
     candidates = []
     for source, members in sorted(families.items()):
         counts = {}
         for run in members:
             for task, row in skill_choices(run).items():
                 counts[task if task not in counts else f"{task} ({run.path.name})"] = row
-        targets = len(members) - (members[0].path.resolve() == source)
+        targets = len(members) - (storage.absolute(members[0].path) == source)
         described = f"the SharPT source run {source} (seed {members[0].seed}) and {targets} target runs from it"
-        if members[0].path.resolve() != source:
+        if storage.absolute(members[0].path) != source:
             described += " (its own tasks are missing: score it with --config.mode=eval to add them)"
         candidates.append((described, counts))
     candidates = [c for c in candidates if len(c[1]) > 1]
@@ -419,10 +422,10 @@ def skill_family(runs: list[Run]) -> tuple[str, dict[str, list[int]]] | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def write(runs_dir: Path, out_dir: Path) -> list[Path]:
+def write(runs_dir: storage.Path, out_dir: storage.Path) -> list[storage.Path]:
     """Writes the report of every run under runs_dir into out_dir; returns the files written."""
-    runs, notes = find_runs(Path(runs_dir))
-    out_dir = Path(out_dir)
+    runs, notes = find_runs(storage.path(runs_dir))
+    out_dir = storage.path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = tables_of(runs)
     written = [out_dir / "results.md", out_dir / "results.csv"]
@@ -444,8 +447,8 @@ def write(runs_dir: Path, out_dir: Path) -> list[Path]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", required=True, type=Path, help="folder searched for runs (recursively)")
-    parser.add_argument("--out", required=True, type=Path, help="where results.md, results.csv and figures go")
+    parser.add_argument("--runs", required=True, type=storage.path, help="folder searched for runs (recursively)")
+    parser.add_argument("--out", required=True, type=storage.path, help="where results.md, results.csv and figures go")
     args = parser.parse_args(argv)
     try:
         written = write(args.runs, args.out)

@@ -8,6 +8,8 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
+from sharpt_jax import storage
+
 matplotlib.use("Agg")  # Files only; no display.
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -103,7 +105,8 @@ def scatter(panels: dict[str, dict[str, list]], out: Path, *, xlabel: str, ylabe
     _save(fig, out)
 
 
-def _save(fig, out: Path) -> None:
+def _save(fig, out: storage.Path) -> None:
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    with storage.replacing(out) as tmp, open(tmp, "wb") as f:  # A file object: the temporary's name is no PNG's.
+        fig.savefig(f, dpi=100, format="png")
     plt.close(fig)

@@ -48,6 +48,10 @@ METHODS = {
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Runs (or continues) the whole experiment in `workdir`; returns the content of results.json."""
+    if not storage.is_local(workdir):  # Its backbone, caches and hundreds of small runs are local folders.
+        raise build.ConfigError(
+            f"--workdir={workdir}: the skills experiment runs in a local folder (train, eval: gs://)"
+        )
     workdir = Path(workdir)
     spec = config.skills
     if spec.get("variant") == "premise":

@@ -40,8 +40,9 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
+import safetensors.numpy
 from flax import nnx
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from sharpt_jax import build, checkpoints, hf, optim, sharding, source_stage, storage
 from sharpt_jax.models import methods
@@ -65,7 +66,7 @@ def adapter_filter(method: str):
 class Adapter:
     """A loaded adapter: its folder, adapter.json's content and its weights {"generator/w1/kernel": array}."""
 
-    path: Path
+    path: storage.Path
     config: dict
     params: dict[str, np.ndarray]
 
@@ -83,9 +84,9 @@ class Adapter:
 # ---------------------------------------------------------------------------------------------
 
 
-def export(run_dir: str | Path, out_dir: str | Path, step: int | None = None) -> Path:
+def export(run_dir: str | Path, out_dir: str | Path, step: int | None = None) -> storage.Path:
     """Writes the adapter of checkpoint `step` (default: eval/best.json's) of the run in `run_dir` to `out_dir`."""
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run_dir, out_dir = storage.path(run_dir), storage.path(out_dir)
     if not (run_dir / "config.json").is_file() or not (run_dir / "checkpoints").is_dir():
         raise AdapterError(f"{run_dir}: not a run folder (config.json and checkpoints/, as run.py writes them)")
     config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
@@ -122,7 +123,12 @@ def export(run_dir: str | Path, out_dir: str | Path, step: int | None = None) ->
         # File-backed tasks' folder and settings (tasks/files.py): serving formats and scores their rows as
         # training did, without the folder.
         "task_specs": {t.removeprefix("sharpt_"): file_tasks.record(t) for t in eval_tasks if file_tasks.record(t)},
-        "run": {"workdir": str(run_dir.absolute()), "step": step, "task": config.task, "source": metadata["source"]},
+        "run": {
+            "workdir": str(storage.absolute(run_dir)),
+            "step": step,
+            "task": config.task,
+            "source": metadata["source"],
+        },
         "t5": {
             **metadata["identity"]["t5"],
             "random": config.t5_random.to_dict() if files.t5_folder is None else None,
@@ -161,7 +167,7 @@ def export(run_dir: str | Path, out_dir: str | Path, step: int | None = None) ->
     return out_dir
 
 
-def write_peft(out_dir: Path, adapter: dict, prompt: np.ndarray, t5_folder: Path) -> None:
+def write_peft(out_dir: storage.Path, adapter: dict, prompt: np.ndarray, t5_folder: Path) -> None:
     """A PromptTuning adapter's prompt [L, d] in PEFT's format (see the module docstring), as
     `peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_transformer_submodules=1)` saves it."""
     t5, t5_config = adapter["t5"], hf.read_config(t5_folder)
@@ -262,7 +268,7 @@ def load_adapter(path: str | Path, t5: str | Path | None = None, encoder: str | 
       AdapterError: not an adapter folder, a model that cannot be found, or a folder or vocabulary whose sha256
         differs from the recorded one.
     """
-    path = Path(path)
+    path = storage.path(path)
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
         raise AdapterError(f"{path}: not an adapter folder ({CONFIG} and {WEIGHTS}, as sharpt_jax.export writes)")
     config = json.loads((path / CONFIG).read_text())
@@ -282,7 +288,7 @@ def load_adapter(path: str | Path, t5: str | Path | None = None, encoder: str | 
             vocab = folder / vocab.name
         _check(path, f"{part} vocabulary", vocab, checkpoints.file_checksum, record["vocab"]["checksum"])
         record["vocab"]["path"] = str(vocab)
-    return Adapter(path=path, config=config, params=load_file(path / WEIGHTS))
+    return Adapter(path=path, config=config, params=safetensors.numpy.load((path / WEIGHTS).read_bytes()))
 
 
 def _find_folder(adapter: Path, part: str, record: dict, override: str | Path | None) -> Path:

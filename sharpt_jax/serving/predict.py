@@ -38,7 +38,6 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +47,7 @@ import tensorflow as tf
 from flax import nnx
 
 import tasks
-from sharpt_jax import build, data, optim, scoring, sharding, source_stage
+from sharpt_jax import build, data, optim, scoring, sharding, source_stage, storage
 from sharpt_jax.decoding import greedy_decode
 from sharpt_jax.models import methods
 from sharpt_jax.models.sharpt import SharPT
@@ -426,7 +425,7 @@ def _jsonable(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _read_rows(path: Path) -> list[dict]:
+def _read_rows(path: storage.Path) -> list[dict]:
     """The rows of the JSONL file `path`, read by the project's one row reader (`tasks.row_files`); ConfigError
     naming `path:line` for a line that is not a JSON object, or naming the file when it is missing or empty."""
     if not path.is_file():
@@ -437,7 +436,14 @@ def _read_rows(path: Path) -> list[dict]:
         raise build.ConfigError(str(err)) from err
 
 
-def run(adapter: list[Path], input: Path, output: Path, batch_size: int, t5: str | None, encoder: str | None):
+def run(
+    adapter: list[storage.Path],
+    input: storage.Path,
+    output: storage.Path,
+    batch_size: int,
+    t5: str | None,
+    encoder: str | None,
+):
     """`python -m sharpt_jax.predict`: the rows of the JSONL file `input` answered by the `adapter` folders,
     one JSON line per row written to `output` (see `sharpt_jax.predict` for the arguments)."""
     try:
@@ -450,8 +456,5 @@ def run(adapter: list[Path], input: Path, output: Path, batch_size: int, t5: str
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     seconds = time.perf_counter() - start
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".tmp")  # Renamed once complete: never half a file.
-    partial.write_text("".join(json.dumps(out, ensure_ascii=False) + "\n" for out in outputs))
-    partial.replace(output)
+    storage.write_text(output, "".join(json.dumps(out, ensure_ascii=False) + "\n" for out in outputs))
     print(f"wrote {len(outputs)} predictions to {output} ({len(rows) / seconds:.1f} rows/s, compiles included)")
