@@ -261,7 +261,9 @@ def routing_share(chosen, truth: list[str], majority: dict[str, int]) -> float:
 def step0_record(config, workdir: Path, target: PremiseTarget, seed: int, source: dict) -> dict:
     """Routing and step-0 scores of `target` on `seed` (computed once, then read back from record.json)."""
     folder = workdir / target.task.name / "step0" / f"seed{seed}"
-    if (folder / "record.json").exists():
+    oracle_file = workdir / target.task.name / "oracle" / f"seed{seed}.npz"
+    # Computed again (the same numbers) where the oracle file is missing: records travel without it (megabytes).
+    if (folder / "record.json").exists() and ("sharpt_oracle" not in target.methods or oracle_file.exists()):
         return storage.read_json(folder / "record.json")
     task = skills_world.register_size(target.task, target.sizes[0])
     cfg = run_config(
@@ -284,7 +286,7 @@ def step0_record(config, workdir: Path, target: PremiseTarget, seed: int, source
         "encoder_mismatches": int(np.sum(chosen != evaluator)),
     }
     if "sharpt_oracle" in target.methods:
-        oracle_file = write_oracle(model, cfg, setup, target, seed, source["majority"], workdir)
+        write_oracle(model, cfg, setup, target, seed, source["majority"], oracle_file)
         oracle_cfg = cfg.copy_and_resolve_references()
         oracle_cfg.oracle_routing = str(oracle_file)
         model.oracle = build.oracle_routing(oracle_cfg, model)
@@ -325,7 +327,7 @@ def step0_scores(model, setup, cfg, metric: str = "exact_match") -> dict:
     return out
 
 
-def write_oracle(model, cfg, setup, target: PremiseTarget, seed: int, majority: dict, workdir: Path) -> Path:
+def write_oracle(model, cfg, setup, target: PremiseTarget, seed: int, majority: dict, path: Path) -> None:
     """The oracle-routing file of `target`: e0 of every instance it can show (train at its largest size,
     validation, test) as keys, and as skills the vector each instance's true skill's source instances choose most."""
     task = registry.PREFIX + skills_world.register_size(target.task, max(target.sizes))
@@ -334,12 +336,10 @@ def write_oracle(model, cfg, setup, target: PremiseTarget, seed: int, majority: 
         e0, _, truth = instances(model, task, split, cfg, setup.mesh)
         keys.append(e0)
         skills += [majority[t] for t in truth]
-    path = workdir / target.task.name / "oracle" / f"seed{seed}.npz"
     if jax.process_index() == 0:
         with storage.replacing(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, keys=np.concatenate(keys), skills=np.asarray(skills, np.int32))
     multihost_utils.sync_global_devices("oracle file written")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
