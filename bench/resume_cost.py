@@ -1,6 +1,6 @@
 """The input stream's resume cost (seconds from building the stream to its first batch) against the step resumed.
 
-    python bench/resume_cost.py                  # ~6 minutes on 2 busy cores
+    python bench/resume_cost.py                  # ~35 minutes on 2 busy cores
     python bench/resume_cost.py --steps 0,400,1600,6400 --json bench/results/resume_cost/resume_cost.json
 
 Three ways to start a training stream at step k, on generated rows (tasks/samples.py; `--train_rows` training
