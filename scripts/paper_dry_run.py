@@ -75,7 +75,9 @@ def random_t5_base(folder: Path) -> Path:
     import transformers
 
     torch.manual_seed(0)
-    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**T5_BASE))
+    config = transformers.T5Config(**T5_BASE)
+    config.tie_word_embeddings = False  # transformers 5.24's T5Config drops the keyword and ties the head.
+    model = transformers.T5ForConditionalGeneration(config)
     partial = folder.with_name(folder.name + ".partial")
     model.save_pretrained(partial, safe_serialization=True)
     partial.rename(folder)
