@@ -24,14 +24,20 @@ size, seed) and does not depend on the number of hosts, so a run resumes on anot
 Why not a checkpointed tf.data iterator (T5X's way): the task sources read files through Python generators,
 which tf.data cannot save, and seqio shuffles tokenised examples in a buffer per task (1,000 each), which
 would make every checkpoint carry 15 tasks' buffers, be saved by every host, and still only shuffle locally;
-the iterator also runs ahead of the step by its prefetch. The index costs, at every start (fresh or resumed),
-one read and format of every training split (no tokenising) and host memory for the untokenised examples
-(about the size of the raw text). That does not grow with the step (bench/resume_cost.py) but does with the
-data: 19K RTE examples took 6 s here, 10K RACE examples (5K articles) 6 s, mostly reading the source's rows,
-on 2 cores under load (3,000 examples/s). At that rate the paper's 15 source tasks (about 3M examples) would
-take some 15 minutes per start, as long as a replay at step 80K: an index written once and read back by every
-start is the follow-up that makes large mixtures cheap to resume. Epochs are true permutations of the whole
-split rather than a 1,000-example shuffle buffer.
+the iterator also runs ahead of the step by its prefetch. Making the index costs one read
+and format of every training split (no tokenising) and host memory for the untokenised examples (about the
+size of the raw text): 19K RTE examples took 6 s here, 10K RACE examples (5K articles) 6 s, mostly reading the
+source's rows, on 2 cores under load (3,000 examples/s), so the paper's 15 source tasks (about 3M examples)
+would take some 15 minutes, as long as a replay at step 80K. So a run keeps each task's index in its workdir
+(`<workdir>/input_index/<task>.<key>.pkl`, written once by the first host through `storage.replacing`), and
+every later start of the run, every resume on any number of hosts, reads it back instead (`indexed_examples`;
+bench/resume_cost.py). The key (`index_key`) is a sha256 over what the examples depend on: the task name, the
+seed, the task settings (data folder, vocabularies, mixture cap), a file-backed task's settings, the name, size
+and modification time of every file the task's rows come from (its data-folder files, its TFDS builder
+folders, a `files:` folder) and the source of the `tasks` package (its formats). Change any of them and the key
+changes, so a stale index is never read; a data file rewritten in place with its old size and modification
+time would not be noticed. Epochs are true permutations of the whole split rather than a 1,000-example shuffle
+buffer.
 
 Evaluation (`eval_batches`): the whole split in its canonical order (no shuffle), in batches of up to
 batch_size examples, each padded with all-zero rows (so every mask and loss weight is 0 there) to
@@ -48,18 +54,23 @@ instance embeddings carry instance_embedding float32 [B, m] instead of the last 
 import copy
 import dataclasses
 import functools
+import hashlib
 import itertools
+import json
+import os
+import pickle
 import queue
 import threading
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from sharpt_jax import sharding
-from tasks import features, registry
+from sharpt_jax import sharding, storage
+from tasks import features, files, registry, sources
 from tasks.features import SharPTFeatureConverter
 
 Batch = dict[str, jax.Array]
@@ -119,7 +130,12 @@ def start_position(task_or_mixture: str) -> dict:
 
 
 def host_train_batches(
-    task_or_mixture: str, sequence_length: Lengths, batch_size: int, seed: int, position: dict | None = None
+    task_or_mixture: str,
+    sequence_length: Lengths,
+    batch_size: int,
+    seed: int,
+    position: dict | None = None,
+    index_dir: str | os.PathLike | None = None,
 ) -> Iterator[tuple[dict[str, np.ndarray], dict]]:
     """The endless, seeded stream of training batches on this host, from `position` on (see the module docstring).
 
@@ -129,6 +145,8 @@ def host_train_batches(
       batch_size: rows per batch.
       seed: seeds every task's epoch permutations and the mixture's draws.
       position: where to start (`start_position` when None): what an earlier stream yielded with its last batch.
+      index_dir: the folder where each task's index is kept and read back (`indexed_examples`); None = made
+        anew in every process.
 
     Yields:
       (batch, position): dicts of int32 numpy arrays [batch_size, length] (the converter's features), and the
@@ -140,7 +158,8 @@ def host_train_batches(
     if sorted(position["tasks"]) != sorted(task.name for task in tasks):
         raise ValueError(f"{task_or_mixture}: the position names tasks {sorted(position['tasks'])}")
     streams = [
-        _task_examples(task, i, sequence_length, seed, position["tasks"][task.name]) for i, task in enumerate(tasks)
+        _task_examples(task, i, sequence_length, seed, position["tasks"][task.name], index_dir)
+        for i, task in enumerate(tasks)
     ]
     while True:
         step = position["step"]
@@ -166,14 +185,15 @@ def _tasks_and_rates(task_or_mixture: str) -> tuple[list[seqio.Task], np.ndarray
 
 
 def _task_examples(
-    task: seqio.Task, task_index: int, sequence_length: Lengths, seed: int, start: list[int]
+    task: seqio.Task, task_index: int, sequence_length: Lengths, seed: int, start: list[int], index_dir
 ) -> Iterator:
     """Endless (features, [epoch, index]) of one task's training examples from position `start` = [epoch,
     index]: epoch e visits the task's indexed examples (`_indexed_examples`) in the order of a permutation drawn
     from (seed, the task's index in its mixture, e), each then tokenised by the rest of the task's preprocessors
-    and padded by the feature converter. The index, not the name, seeds it: the same rows under another task name
+    and padded by the feature converter (the index kept in `index_dir`: `indexed_examples`). The index, not the
+    name, seeds it: the same rows under another task name
     (a registered task and its rows as a `files:` task) are read in the same order."""
-    examples = _indexed_examples(task.name, seed, dataclasses.astuple(registry.SETTINGS))
+    examples = indexed_examples(task.name, seed, index_dir)
     if not examples:
         raise ValueError(f"{task.name}: the training split has no examples")
 
@@ -210,6 +230,71 @@ def _tokenizer_index(task: seqio.Task) -> int:
     task has none, so that its index holds finished examples)."""
     found = [i for i, p in enumerate(task.preprocessors) if p is features.tokenize]
     return found[0] if found else len(task.preprocessors)
+
+
+def indexed_examples(task: str, seed: int, index_dir: str | os.PathLike | None = None) -> tuple:
+    """The index of `task`'s training split (`_indexed_examples`), kept in host memory and, with `index_dir`, in
+    `<index_dir>/<task>.<index_key>.pkl`: read from there when the file exists, else made and written there by
+    the first host (atomically; the task's files of other keys are removed). Every host reads the same file, so
+    the folder must be shared by the hosts like the workdir; a host that finds no file makes the index itself."""
+    settings = dataclasses.astuple(registry.SETTINGS)
+    if index_dir is None:
+        return _indexed_examples(task, seed, settings)
+    path = Path(index_dir) / f"{task}.{index_key(task, seed)}.pkl"
+    return _index_file(str(path), task, seed, settings)
+
+
+@functools.lru_cache(maxsize=32)
+def _index_file(path: str, task: str, seed: int, settings: tuple) -> tuple:
+    path = Path(path)
+    if path.exists():
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    examples = _indexed_examples(task, seed, settings)
+    if jax.process_index() == 0:
+        with storage.replacing(path) as tmp, open(tmp, "wb") as f:
+            pickle.dump(examples, f, protocol=pickle.HIGHEST_PROTOCOL)
+        for stale in path.parent.glob(f"{task}.*.pkl"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
+    return examples
+
+
+def index_key(task: str, seed: int) -> str:
+    """16 hex digits of a sha256 over what a task's index depends on (the module docstring lists it)."""
+    fields = {
+        "task": task,
+        "seed": seed,
+        "settings": dataclasses.asdict(registry.SETTINGS),
+        "files_task": files.record(task),
+        "data_files": [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in _source_files(task)],
+        "tasks_code": _tasks_code_digest(),
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _source_files(task: str) -> list[Path]:
+    """Every file the rows of `task` may come from: a paper task's data-folder files and TFDS builder folders, a
+    file-backed task's folder; none for tasks that make their rows in code (the skills world)."""
+    name = task.removeprefix(registry.PREFIX)
+    if (record := files.record(task)) is not None:
+        folders = [Path(record["folder"])]
+    elif name in registry.names():
+        raw, data_dir = registry.raw_data(name), registry.SETTINGS.data_dir
+        folders = [Path(data_dir, name)] if data_dir else []
+        folders += [sources.tfds_folder(builder) for builder in raw.tfds_names]
+    else:
+        folders = []
+    return sorted(p for folder in folders if folder.is_dir() for p in folder.rglob("*") if p.is_file())
+
+
+@functools.cache
+def _tasks_code_digest() -> str:
+    """sha256 of the `tasks` package's Python files: a changed format or source makes other examples."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(registry.__file__).parent.rglob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=32)
@@ -280,13 +365,15 @@ def train_batches(
     seed: int,
     position: dict | None = None,
     embeddings=None,
+    index_dir: str | os.PathLike | None = None,
 ) -> Iterator[tuple[Batch, dict]]:
     """Endless (global training batch [global_batch_size, length] sharded over the mesh's 'data' axis, the
     position after it), from `position` on (`host_train_batches`). With `embeddings` (an
     `embedding_cache.EmbeddingTable`), the instance tokens and mask of every row are replaced by their cached
-    e0, `instance_embedding` float32 [B, m]."""
+    e0, `instance_embedding` float32 [B, m]. `index_dir`: where the tasks' indexes are kept (`indexed_examples`)."""
     check_batch_size(global_batch_size, mesh)
-    for batch, after in host_train_batches(task_or_mixture, sequence_length, global_batch_size, seed, position):
+    stream = host_train_batches(task_or_mixture, sequence_length, global_batch_size, seed, position, index_dir)
+    for batch, after in stream:
         if embeddings is not None:
             batch = embeddings.replace_tokens(batch)
         yield to_global(batch, mesh), after

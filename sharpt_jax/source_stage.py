@@ -6,7 +6,9 @@ frozen models and shapes. The method table (`models/methods.py`) says what is tr
 import json
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import safetensors.numpy
 from flax import nnx
 
@@ -85,7 +87,10 @@ def restore_source(model, config: ml_collections.ConfigDict, identity: dict) -> 
         meta = ckpts.metadata(step)
         _check_source(str(src), meta["method"], meta["stage"], meta["identity"], meta["config"], config, identity)
         source_params = nnx.state(model, optim.path_filter(methods.get(config.method).transferred))
-        nnx.update(model, ckpts.restore_params(step, source_params))
+        restored = ckpts.restore_params(step, source_params)
+        # Orbax returns arrays committed to this host's device; uncommitted, like the fresh parameters they
+        # replace, they can be placed on a mesh of several hosts (jax.device_put refuses a committed array there).
+        nnx.update(model, jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), restored))
     finally:
         ckpts.close()
     return {"workdir": str(storage.absolute(src)), "step": step}

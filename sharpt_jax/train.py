@@ -8,6 +8,8 @@ A run writes under its workdir:
   checkpoints/<step>/    Orbax: trainable params, optimizer state (the last two checkpoints), step; metadata with
                          the input stream's position, the frozen models' paths and checksums, the source
                          checkpoint and the config
+  input_index/           each training task's untokenised examples, made at the first start and read back by every
+                         later one (sharpt_jax.data.indexed_examples: keyed by the data, settings and seed)
   damaged_checkpoints/   where a resume moves a checkpoint it could not read (only after such a resume)
   metrics.jsonl          one JSON object per logged step (step, loss, learning_rate, examples_per_sec, ...)
   tensorboard/           the same scalars as TensorBoard events (and the eval mode's scores, eval/<split>/<metric>)
@@ -70,6 +72,7 @@ class TrainingDiverged(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 
 # The model outputs a micro-batch step keeps: the losses, and what SharPT's metrics and restarts read.
+INDEX_DIR = "input_index"  # Under the workdir: the training tasks' indexes (sharpt_jax.data.indexed_examples).
 KEPT_OUTPUTS = ("lm_loss", "codebook_loss", "skill_counts", "e0", "codebook_distance")
 
 
@@ -294,6 +297,7 @@ def _train(config: ml_collections.ConfigDict, workdir: storage.Path) -> dict:
             config.seed,
             position,
             embeddings,
+            index_dir=workdir / INDEX_DIR,
         )
     )
     if is_main:
@@ -366,7 +370,12 @@ def resume(
         )
     if "codebook" in program.state["trainable"] and config.codebook_init == "kmeans":  # The first batches' k-means.
         first_batches = data.train_batches(
-            setup.train_task, config.sequence_length.to_dict(), config.batch_size, setup.mesh, config.seed
+            setup.train_task,
+            config.sequence_length.to_dict(),
+            config.batch_size,
+            setup.mesh,
+            config.seed,
+            index_dir=workdir / INDEX_DIR,
         )
         program.state["trainable"] = codebook_health.kmeans_start(
             program.state["trainable"], program.graphdef, program.frozen, (b for b, _ in first_batches), config.seed

