@@ -6,6 +6,8 @@ The clients: epath with `EPATH_USE_TF=0` reaches gs:// through fsspec's gcsfs, w
 `TENSORSTORE_GCS_HTTP_URL` (and takes `GOOGLE_AUTH_TOKEN_FOR_TESTING` instead of real credentials). TensorFlow's
 own GCS client (epath's default backend when TensorFlow is installed) has its endpoint compiled in
 (www.googleapis.com) and cannot be pointed at an emulator: these tests do not reach it.
+
+Run as a script, this module is the emulator itself, with one departure from GCS mended (`_download`).
 """
 
 import contextlib
@@ -42,7 +44,7 @@ def running() -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "gcp_storage_emulator", "start", "--port", str(port), "--in-memory", "-q"]
+    cmd = [sys.executable, __file__, "start", "--port", str(port), "--in-memory", "-q"]
     # Its log (a line per request) goes to a file: a pipe nobody reads would fill and stop the server.
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([*cmd, "--default-bucket", BUCKET], stdout=log, stderr=log)
@@ -69,3 +71,33 @@ def reader(url: str):
     from gcsfs.core import GCSFileSystem  # The plain client, whatever the variable was at import.
 
     return GCSFileSystem(endpoint_url=url, token="anon", project="test", skip_instance_cache=True)
+
+
+def _download(request, response, storage, *args, **kwargs):
+    """The emulator's media download, plus the `x-goog-generation` and `x-goog-metageneration` headers that GCS
+    sends with every object's bytes and the emulator leaves out.
+
+    TensorStore's gcs driver takes an object's generation from that header when it reads the object's bytes, 0
+    when the header is missing; it later revalidates its cached copy with `ifGenerationNotMatch=<generation>`
+    and refuses generation 0 before sending anything ("Malformed StorageGeneration"; GCS generations are > 0).
+    OCDBT revalidates its cached manifest when the cache entry is older than a later open asks for, so without
+    the header a checkpoint save failed now and then, with the load of the machine
+    (tests/test_storage.py::test_tensorstore_revalidates_what_it_read_on_gcs shows it with two reads)."""
+    from gcp_storage_emulator.exceptions import NotFound
+
+    _emulator_download(request, response, storage, *args, **kwargs)
+    if response.status in (200, 206):
+        with contextlib.suppress(NotFound):
+            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+            response["x-goog-generation"] = obj["generation"]
+            response["x-goog-metageneration"] = obj["metageneration"]
+
+
+if __name__ == "__main__":
+    from gcp_storage_emulator.handlers import objects
+
+    # Before the server module builds its routing table from the handlers.
+    _emulator_download, objects.download = objects.download, _download
+    from gcp_storage_emulator.__main__ import main
+
+    main()

@@ -132,3 +132,20 @@ def test_metrics_and_tensorboard_on_gcs(gcs):
     writer.write_scalars(4, {"loss": 0.25})
     writer.close()
     assert len(bucket.cat_file(events)) > size
+
+
+def test_tensorstore_revalidates_what_it_read_on_gcs(gcs):
+    """Orbax's TensorStore rereads a cached object (an OCDBT manifest) only if its generation changed: the
+    generation its read reported must be the object's (GCS's x-goog-generation header), and usable as a
+    condition. Without the header it read 0, and the conditional read failed ("Malformed StorageGeneration")."""
+    import tensorstore as ts
+
+    _, bucket = gcs
+    kvstore = ts.KvStore.open({"driver": "gcs", "bucket": gcs_emulator.BUCKET, "path": "ts/"}).result()
+    kvstore.write("manifest", b"first").result()
+    read = kvstore.read("manifest").result()
+    generation = int(bucket.info(f"{gcs_emulator.BUCKET}/ts/manifest")["generation"])
+    generation_bytes = b"\0" + generation.to_bytes(8, "little")  # TensorStore's StorageGeneration::FromUint64.
+    assert read.value == b"first" and read.stamp.generation == generation_bytes
+    # Unchanged: GCS answers 304 (not modified), the emulator the bytes again; the same generation either way.
+    assert kvstore.read("manifest", if_not_equal=read.stamp.generation).result().stamp.generation == generation_bytes

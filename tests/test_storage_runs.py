@@ -38,11 +38,6 @@ def metrics(text: str) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the resumed run's save of checkpoint 8 fails in TensorStore against the emulator (Malformed "
-    "StorageGeneration writing the OCDBT manifest, likely over the killed run's half-written step 8): open",
-)
 def test_a_run_on_gcs_trains_resumes_evaluates_exports_serves_and_reports(tmp_path):
     assets = make_assets(tmp_path / "assets")
     with gcs_emulator.running() as url:
