@@ -174,12 +174,13 @@ def get_config() -> ml_collections.ConfigDict:
     # piece of the T5 vocabulary), e.g. instruction tokens that would start the prompt solved.
     c.prompt_init_exclude = ()
     # Codebook health, where the codebook trains (source stage; sharpt_jax.codebook_health): the skill vectors' start,
-    # random (the paper) | kmeans (k-means centroids of the first batches' instance embeddings), and the period in
-    # steps of dead-skill restarts (0 = none): a skill no instance chose in a period is re-seated on a far instance.
-    # kmeans by default: the paper's start collapses the codebook (README, "Codebook health"); restarts never fired
-    # after a k-means start there, so they are off. A departure from the paper: the report gives such runs (and the
-    # targets of such a source run) rows of their own, "SharPT (codebook_init=kmeans)"; the paper's start is
-    # --config.codebook_init=random (sharpt_jax.models.methods.PAPER_CODEBOOK).
+    # random (N(0, 1/m); the paper states no initialisation) | kmeans (k-means centroids of the first batches'
+    # instance embeddings), and the period in steps of dead-skill restarts (0 = none): a skill no instance chose in a
+    # period is re-seated on a far instance. kmeans by default: a random start collapses the codebook, on raw and on
+    # L2-normalised embeddings (docs/skills_world.md); restarts never fired after a k-means start there, so they are
+    # off. A departure from the paper: the report gives such runs (and the targets of such a source run) rows of
+    # their own, "SharPT (codebook_init=kmeans)"; --config.codebook_init=random is the paper's method without it
+    # (sharpt_jax.models.methods.PAPER_CODEBOOK).
     c.codebook_init = "kmeans"
     c.codebook_restart_every = 0
 
