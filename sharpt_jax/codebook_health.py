@@ -2,8 +2,9 @@
 
 Why: Eq. 4 pulls only the chosen skill vector toward its instances, so a vector that no instance chooses never
 moves. With a random start (the project's N(0, 1/m) draw: the paper states no initialisation), the instance
-embeddings sit far from the skill vectors (MiniLM's e0 has norm ~5.4, the vectors ~1), the first vector any instance chooses moves to their centroid and is then the nearest
-for everything: measured on the skills world, 13-15 of 16 vectors stay dead (docs/skills_world.md).
+embeddings sit far from the skill vectors (MiniLM's e0 has norm ~5.4, the vectors ~1), the first vector any
+instance chooses moves to their centroid and is then the nearest for everything: measured on the skills world,
+13-15 of 16 vectors stay dead, also with L2-normalised embeddings (docs/skills_world.md).
 
 - `codebook_init = "kmeans"`: before the first step, the skill vectors become the k-means centroids of the
   instance embeddings of the first training batches (`KMEANS_EXAMPLES_PER_SKILL` x K examples of the run's own
