@@ -22,8 +22,8 @@ def test_tables_1_to_3_at_t5_base_shapes_on_two_processes(tmp_path):
     """Every run of Tables 1-3 for one target task, CB (3 source stages, unscored, and 6 targets, each trained and
     scored: 15 run.py commands, each a 2-process jax.distributed job), then the report: each method row of each
     table has a CB score (meaningless: random weights, 2 steps, batch 4, short lengths; scripts/paper_dry_run.py
-    lists what is shrunk). The runs record T5-base's shapes. 87 minutes on this project's 2 cores under heavy
-    load (docs/paper.md); every task of the tables (46 runs) would take some 7 hours there."""
+    lists what is shrunk). The runs record T5-base's shapes. 11 min 50 s on this project's 2 quiet cores, 87 minutes
+    under heavy load (docs/paper.md); every task of the tables (46 runs) would take some 7 hours under that load."""
     command = [sys.executable, "scripts/paper_dry_run.py", "--out", str(tmp_path), "--tasks", TASK]
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=3 * 3600)
     assert proc.returncode == 0, proc.stderr[-3000:] + (tmp_path / "process1.log").read_text()[-3000:]
