@@ -35,24 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import shapes  # noqa: E402
 from configs import common  # noqa: E402
 from sharpt_jax.experiments import demo  # noqa: E402
 
-# google/t5-base-lm-adapt's config.json (T5 v1.1 LM-adapted, base).
-T5_BASE = dict(
-    vocab_size=32128,
-    d_model=768,
-    d_kv=64,
-    d_ff=2048,
-    num_layers=12,
-    num_decoder_layers=12,
-    num_heads=12,
-    feed_forward_proj="gated-gelu",
-    tie_word_embeddings=False,
-    relative_attention_num_buckets=32,
-    relative_attention_max_distance=128,
-    dropout_rate=0.1,
-)
 SHRUNK = [
     "--config.batch_size=4",
     "--config.sequence_length.inputs=64",
@@ -75,7 +61,7 @@ def random_t5_base(folder: Path) -> Path:
     import transformers
 
     torch.manual_seed(0)
-    config = transformers.T5Config(**T5_BASE)
+    config = shapes.hf_t5_config(shapes.T5_SHAPES["base"])  # google/t5-base-lm-adapt's shape.
     config.tie_word_embeddings = False  # transformers 5.24's T5Config drops the keyword and ties the head.
     model = transformers.T5ForConditionalGeneration(config)
     partial = folder.with_name(folder.name + ".partial")
