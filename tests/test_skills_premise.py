@@ -188,3 +188,32 @@ def test_premise_continues_without_retraining(tiny_premise, monkeypatch):
     monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
     again = skills_experiment.run(config, workdir)
     assert again["runs"] == results["runs"]
+
+
+@pytest.mark.slow
+def test_the_same_command_twice_shares_the_units(tmp_path):
+    """Two processes of one command on one workdir: the second waits for the sources and step 0, the two split the
+    (target, size) units between them (no run folder is ever contended), and both end with the complete results."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "run.py", "--config=configs/skills.py:premise_quick", f"--workdir={tmp_path}"]
+    cmd += ["--config.batch_size=8", "--config.eval.batch_size=40", "--config.skills.source_steps=6"]
+    cmd += ["--config.skills.source_eval_every=3", "--config.skills.target_steps=4"]
+    cmd += ["--config.skills.target_save_every=2"]
+    procs = [
+        subprocess.Popen(cmd, cwd=root, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    logs = [p.communicate(timeout=1200)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["complete"]
+    trained = [r for r in results["runs"] if r["num_train"] > 0]
+    assert len(trained) == len({r["run"] for r in trained}) == len(list(tmp_path.glob("*/*/n16/*/seed0/record.json")))
+    # Each process trained some units ("<task>: <method> target stage, ..."), and no unit was trained by both.
+    units = [{line.split()[0] for line in log.splitlines() if " target stage, " in line} for log in logs]
+    assert all(units) and not units[0] & units[1], units

@@ -24,6 +24,7 @@ rate of best mean validation (first on ties) for the remaining seeds; sharpt_ora
 Killed at any moment, the same command continues: finished runs are read back from their record.json.
 """
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -35,7 +36,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from sharpt_jax import build, data, embedding_cache, scoring, sharding, source_stage, storage
+from sharpt_jax import build, data, embedding_cache, scoring, sharding, source_stage, storage, workdir_lock
 from sharpt_jax.experiments import skills_report, skills_runs
 from tasks import registry, skills_world
 
@@ -116,24 +117,34 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         )
     planned = targets(config)
     seeds = sorted({s for t in planned for s in t.seeds})
-    sources = {seed: source_run(config, workdir, "sharpt", seed) for seed in seeds}
-    starts = [source_run(config, workdir, start, 0) for start in config.skills.codebook_starts]
+    # The sources, then routing and step 0 of every target (no training, minutes): results.json then holds every
+    # stratum's routing, step-0 scores and replays while the target runs are still to come. One process at a time
+    # (a second one waits, then reads it all back).
+    while (setup := claim(workdir / "claim_setup")) is None:
+        time.sleep(10)
+    with setup:
+        sources = {seed: source_run(config, workdir, "sharpt", seed) for seed in seeds}
+        starts = [source_run(config, workdir, start, 0) for start in config.skills.codebook_starts]
+        routing, step0_runs = [], []
+        for target in planned:
+            for seed in target.seeds:
+                step0 = step0_record(config, workdir, target, seed, sources[seed])
+                routing.append(step0)
+                step0_runs += [
+                    {**base_record(target, method, seed, 0, step0), "test": s["test"], "validation": s["validation"]}
+                    for method, s in step0["step0"].items()
+                ]
 
-    # Routing and step 0 of every target first (no training, minutes): results.json then holds every stratum's
-    # routing, step-0 scores and replays while the target runs are still to come.
-    routing, step0_runs = [], []
-    for target in planned:
-        for seed in target.seeds:
-            step0 = step0_record(config, workdir, target, seed, sources[seed])
-            routing.append(step0)
-            step0_runs += [
-                {**base_record(target, method, seed, 0, step0), "test": s["test"], "validation": s["validation"]}
-                for method, s in step0["step0"].items()
-            ]
+    # Size by size, every target at the smallest size first (where the predictions are made). A (target, size)
+    # unit is claimed by the process that runs it (a lock in DIR/<target>/claim_n<size>), so the same command
+    # started again beside a running one takes the units nobody holds; units held by a live process are waited
+    # for at the end. results.json is rewritten after each unit from every record on disk, whoever trained it.
+    units = [(size, t) for size in sorted({n for t in planned for n in t.sizes}) for t in planned if size in t.sizes]
 
-    def write(trained: list[dict], complete: bool) -> dict:
+    def write(complete: bool) -> dict:
+        trained = [r for size, t in units for r in target_runs(config, workdir, t, size, sources, train=False)]
         results = {
-            "complete": complete,  # False while target runs are to come: results.json is rewritten per target.
+            "complete": complete,  # False while target runs are to come: results.json is rewritten per unit.
             "targets": [target_summary(t) for t in planned],
             "runs": step0_runs + trained,
             "routing": routing,
@@ -150,15 +161,30 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         skills_report.write_premise(results, workdir)
         return results
 
-    # Size by size, every target at the smallest size first (where the predictions are made); results.json after
-    # each (size, target), so a stopped experiment has its predictions judged on what ran.
-    trained = []
-    write(trained, complete=False)
-    for size in sorted({n for t in planned for n in t.sizes}):
-        for target in [t for t in planned if size in t.sizes]:
-            trained += target_runs(config, workdir, target, size, sources)
-            write(trained, complete=False)
-    return write(trained, complete=True)
+    write(complete=False)
+    while units_left := [(size, t) for size, t in units if not unit_done(config, workdir, t, size)]:
+        claimed = 0
+        for size, target in units_left:
+            if (hold := claim(workdir / target.task.name / f"claim_n{size}")) is None:
+                continue  # Another process runs this unit.
+            with hold:
+                target_runs(config, workdir, target, size, sources)
+            claimed += 1
+            write(complete=False)
+        if not claimed:
+            time.sleep(10)  # Only units that other processes hold are left: wait for them.
+    return write(complete=True)
+
+
+def claim(folder: Path) -> contextlib.ExitStack | None:
+    """This process's hold on `folder` (sharpt_jax.workdir_lock; released when the stack closes), or None while
+    another live process holds it."""
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(workdir_lock.hold(folder))
+    except workdir_lock.WorkdirInUse:
+        return None
+    return stack
 
 
 def target_summary(t: PremiseTarget) -> dict:
@@ -363,46 +389,68 @@ def base_record(target: PremiseTarget, method: str, seed: int, size: int, step0:
     }
 
 
-def target_runs(config, workdir: Path, target: PremiseTarget, size: int, sources: dict) -> list[dict]:
-    """Every run of `target` at `size`: each method's grid on the selection seeds, then the other seeds."""
+def target_runs(config, workdir: Path, target: PremiseTarget, size: int, sources: dict, train=True) -> list[dict]:
+    """Every run of `target` at `size`: each method's grid on the selection seeds, then the other seeds. With
+    train=False, only the records already on disk (the chosen rate's runs once its grid is complete)."""
     spec = config.skills
     selection, rest = target.seeds[: spec.selection_seeds], target.seeds[spec.selection_seeds :]
     out, chosen = [], {}
+
+    def runs(method, rate, seeds):
+        records = [one_run(config, workdir, target, method, size, rate, seed, sources, train) for seed in seeds]
+        return [r for r in records if r is not None]
+
     for method in [m for m in target.methods if m != "sharpt_oracle"]:
-        grid = {
-            rate: [one_run(config, workdir, target, method, size, rate, seed, sources) for seed in selection]
-            for rate in spec.learning_rates[method]
-        }
+        grid = {rate: runs(method, rate, selection) for rate in spec.learning_rates[method]}
+        if any(len(records) < len(selection) for records in grid.values()):  # Read back before the grid is done.
+            out += [{**r, "selected": False} for records in grid.values() for r in records]
+            continue
         chosen[method] = max(grid, key=lambda rate: np.mean([r["validation"] for r in grid[rate]]))
         for rate, records in grid.items():
             out += [{**r, "selected": rate == chosen[method]} for r in records]
-        out += [one_run(config, workdir, target, method, size, chosen[method], seed, sources) for seed in rest]
-    if "sharpt_oracle" in target.methods:  # A diagnostic at SharPT's chosen rate, on every seed.
-        out += [
-            one_run(config, workdir, target, "sharpt_oracle", size, chosen["sharpt"], seed, sources)
-            for seed in target.seeds
-        ]
+        out += runs(method, chosen[method], rest)
+    if "sharpt_oracle" in target.methods and "sharpt" in chosen:  # A diagnostic at SharPT's rate, every seed.
+        out += runs("sharpt_oracle", chosen["sharpt"], target.seeds)
     return out
 
 
-def one_run(config, workdir, target: PremiseTarget, method: str, size: int, rate: float, seed: int, sources) -> dict:
-    """One target run (trained and scored unless its record.json exists); returns its record."""
-    cfg = run_config(
-        config, method, task_name(target, size), seed, learning_rate=rate, num_train_steps=config.skills.target_steps
-    )
-    cfg.save_every = config.skills.target_save_every
-    if METHODS[method][2]:
-        cfg.source_checkpoint = str(workdir / sources[seed]["run"])
-    if method == "sharpt_oracle":
-        cfg.oracle_routing = str(workdir / target.task.name / "oracle" / f"seed{seed}.npz")
+def unit_done(config, workdir: Path, target: PremiseTarget, size: int) -> bool:
+    """Whether every run of `target` at `size` has its record on disk."""
+    spec = config.skills
+    selection, rest = target.seeds[: spec.selection_seeds], target.seeds[spec.selection_seeds :]
+    methods = [m for m in target.methods if m != "sharpt_oracle"]
+    planned = sum(len(spec.learning_rates[m]) * len(selection) + len(rest) for m in methods)
+    planned += len(target.seeds) if "sharpt_oracle" in target.methods else 0
+    return len(target_runs(config, workdir, target, size, {}, train=False)) == planned
+
+
+def one_run(
+    config, workdir, target: PremiseTarget, method: str, size: int, rate: float, seed: int, sources, train=True
+):
+    """One target run, trained and scored unless its record.json exists; returns its record (None where it has
+    none and train is False)."""
     run_dir = workdir / target.task.name / method / f"n{size}" / f"lr{rate:g}" / f"seed{seed}"
-    record = skills_runs.train_and_score(cfg, run_dir, workdir)
+    if train:
+        steps = config.skills.target_steps
+        cfg = run_config(config, method, task_name(target, size), seed, learning_rate=rate, num_train_steps=steps)
+        cfg.save_every = config.skills.target_save_every
+        if METHODS[method][2]:
+            cfg.source_checkpoint = str(workdir / sources[seed]["run"])
+        if method == "sharpt_oracle":
+            cfg.oracle_routing = str(workdir / target.task.name / "oracle" / f"seed{seed}.npz")
+        record = skills_runs.train_and_score(cfg, run_dir, workdir)
+    elif (run_dir / "record.json").exists():
+        record = storage.read_json(run_dir / "record.json")
+    else:
+        return None
     step0 = storage.read_json(workdir / target.task.name / "step0" / f"seed{seed}" / "record.json")
     record = {**record, **base_record(target, method, seed, size, step0), "learning_rate": rate}
     record["last_step"] = config.skills.target_steps
-    print(
-        f"[premise] {target.stratum} {target.task.name:12.12s} {method:19s} n={size:<3d} lr={rate:<6g} seed {seed}: "
-        f"validation {record['validation']:5.1f} test {record['test']:5.1f} (step {record['best_step']})",
-        flush=True,
-    )
+    if train:
+        print(
+            f"[premise] {target.stratum} {target.task.name:12.12s} {method:19s} n={size:<3d} lr={rate:<6g} "
+            f"seed {seed}: validation {record['validation']:5.1f} test {record['test']:5.1f} "
+            f"(step {record['best_step']})",
+            flush=True,
+        )
     return record
