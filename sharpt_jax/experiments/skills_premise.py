@@ -14,6 +14,7 @@ trainer and evaluator. Layout of DIR:
   <target>/step0/seed<s>/                  routing.json and record.json: the routing and step-0 scores
   <target>/oracle/seed<s>.npz              the oracle-routing file (config.oracle_routing) of the target
   <target>/<method>/n<N>/lr<rate>/seed<s>/ one target run; record.json once scored
+  claim_setup/, <target>/claim_n<N>/       locks: the process running the setup, or that (target, size) unit
   results.json, results.md, gain_vs_routing.png   (sharpt_jax.experiments.skills_report.write_premise)
 
 Routing, measured before any target step with the source run's frozen codebook: the share of a target's test
@@ -21,7 +22,9 @@ instances whose chosen skill vector is the one its true skill's source instances
 choose most. Step 0: the transferring methods' scores before any target step (num_train 0 in the records).
 Protocol per (target, method, size): every rate of the method's grid on the first `selection_seeds` seeds, the
 rate of best mean validation (first on ties) for the remaining seeds; sharpt_oracle runs at SharPT's chosen rate.
-Killed at any moment, the same command continues: finished runs are read back from their record.json.
+Killed at any moment, the same command continues: finished runs are read back from their record.json. Started
+again while one runs (another terminal, or `&`), the same command is a second worker: it waits for the setup (the
+sources, routing, step 0), then takes the (target, size) units that no live process holds.
 """
 
 import contextlib
