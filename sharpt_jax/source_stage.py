@@ -97,8 +97,8 @@ def restore_source(model, config: ml_collections.ConfigDict, identity: dict) -> 
 
 
 def _restore_source_adapter(model, config: ml_collections.ConfigDict, identity: dict, src: storage.Path) -> dict:
-    """`restore_source` from an exported adapter of a source run: same checks, its weights placed where the
-    model's initial values are."""
+    """`restore_source` from an exported adapter of a source run: same checks, its weights in place of the
+    model's initial values."""
     adapter = json.loads((src / ADAPTER_CONFIG).read_text())
     step = adapter["run"]["step"]
     if config.source_step >= 0 and config.source_step != step:
@@ -110,10 +110,8 @@ def _restore_source_adapter(model, config: ml_collections.ConfigDict, identity: 
     if any(name not in weights or weights[name].shape != shape for name, shape in expected.items()):
         found = {name: value.shape for name, value in weights.items()}
         raise ConfigError(f"{src / ADAPTER_WEIGHTS}: weights {found}, a {config.method} source stage has {expected}")
-    restored = [
-        (path, v.replace(jax.device_put(weights[optim.path_str(path)].astype(v.dtype), v[...].sharding)))
-        for path, v in flat
-    ]
+    # Uncommitted, as in restore_source: a mesh of several hosts can then place them.
+    restored = [(path, v.replace(jnp.asarray(weights[optim.path_str(path)].astype(v.dtype)))) for path, v in flat]
     nnx.update(model, nnx.from_flat_state(restored))
     return {"workdir": str(storage.absolute(src)), "step": step}
 

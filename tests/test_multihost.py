@@ -19,6 +19,7 @@ from test_train import ROOT, read_metrics, saved_state
 from tiny_run import cli_overrides, kill_once_saved, make_assets, tiny_config
 
 from sharpt_jax import build, evaluate, train
+from sharpt_jax.serving import export
 
 NUM_PROCESSES = 2
 SUMMED = ("loss", "lm_loss", "codebook_loss", "grad_norm", "skill_perplexity")
@@ -113,6 +114,24 @@ def test_two_hosts_train_resume_and_score_as_one(assets, tmp_path):
     assert [p.name for p in predictions] == ["test.jsonl", "validation.jsonl"]
     for path in predictions:
         assert (workdir / "eval" / "predictions" / str(best) / path.name).read_text() == path.read_text()
+
+
+@pytest.mark.slow
+def test_two_hosts_start_a_target_run_from_an_exported_source_adapter(assets, tmp_path):
+    """A target run on 2 hosts whose source is an exported adapter (not a run's checkpoints) trains and saves what
+    1 process x 8 devices saves from the same adapter."""
+    source = tmp_path / "source"
+    train.train(tiny_config(assets, num_train_steps=2, save_every=2), source)
+    adapter = export.export(source, tmp_path / "adapter", 2)
+    config = tiny_config(
+        assets, stage="target", task="rte", source_checkpoint=str(adapter), num_train_steps=2, save_every=2
+    )
+    train.train(config, tmp_path / "one_host")
+    assert_ok(finish(launch(config, tmp_path / "two_hosts")))
+    want, got = saved_state(tmp_path / "one_host", 2), saved_state(tmp_path / "two_hosts", 2)
+    assert got.keys() == want.keys()
+    for path in want:
+        np.testing.assert_allclose(got[path], want[path], rtol=1e-5, atol=1e-6, err_msg=path)
 
 
 STREAM = """
