@@ -217,3 +217,46 @@ def test_the_same_command_twice_shares_the_units(tmp_path):
     # Each process trained some units ("<task>: <method> target stage, ..."), and no unit was trained by both.
     units = [{line.split()[0] for line in log.splitlines() if " target stage, " in line} for log in logs]
     assert all(units) and not units[0] & units[1], units
+
+
+@pytest.mark.slow
+def test_diagnostics_untrained_sharpt_is_its_step0_and_extend_resumes(tiny_premise):
+    """scripts/premise_diagnostics.py: SharPT with learning rate 0 scores what the step-0 record scored (the same
+    transferred parameters, through the trainer); an extended run resumes from the copied checkpoints."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config, workdir, results = tiny_premise
+    script = [sys.executable, "scripts/premise_diagnostics.py"]
+    root = Path(__file__).resolve().parents[1]
+    untrained = [*script, "untrained", f"--workdir={workdir}", "--targets=A4", "--methods=sharpt"]
+    extend = [*script, "extend", f"--workdir={workdir}", "--steps=8", "--strata=A,extra", "--methods=sharpt,no_source"]
+    for cmd in (untrained, extend):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True, text=True)
+    rows = json.loads((workdir / "untrained" / "results.json").read_text())["runs"]
+    step0 = {
+        r["seed"]: r["test"]
+        for r in results["runs"]
+        if (r["target"], r["method"], r["num_train"]) == ("A4", "sharpt", 0)
+    }
+    assert {r["seed"]: r["untrained_test"] for r in rows} == step0 and len(step0) == 2
+    rows = json.loads((workdir / "budget" / "results.json").read_text())["runs"]
+    picked = [
+        r
+        for r in results["runs"]
+        if r["selected"]
+        and r["stratum"] in ("A", "extra")
+        and r["method"] in ("sharpt", "no_source")
+        and r["num_train"] == 16
+        and r.get("best_step") == r["last_step"]
+    ]
+    assert rows and sorted(r["run"] for r in rows) == sorted(r["run"] for r in picked)
+    for row in rows:
+        original, extended = (
+            json.loads((d / "eval" / "results.json").read_text())
+            for d in (workdir / row["run"], workdir / "budget" / row["run"])
+        )
+        assert sorted(int(s) for s in extended if s.isdigit()) == list(range(2, 9, 2))
+        assert all(extended[s] == original[s] for s in original if s.isdigit())  # Scored once, read back.
+        assert row["validation_at_8"] >= row["validation"]
