@@ -145,7 +145,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     units = [(size, t) for size in sorted({n for t in planned for n in t.sizes}) for t in planned if size in t.sizes]
 
     def write(complete: bool) -> dict:
-        trained = [r for size, t in units for r in target_runs(config, workdir, t, size, sources, train=False)]
+        trained = [r for size, t in units for r in target_runs(config, workdir, t, size, sources, False)[0]]
         results = {
             "complete": complete,  # False while target runs are to come: results.json is rewritten per unit.
             "targets": [target_summary(t) for t in planned],
@@ -165,7 +165,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         return results
 
     write(complete=False)
-    while units_left := [(size, t) for size, t in units if not unit_done(config, workdir, t, size)]:
+    while units_left := [(size, t) for size, t in units if not target_runs(config, workdir, t, size, {}, False)[1]]:
         claimed = 0
         for size, target in units_left:
             if (hold := claim(workdir / target.task.name / f"claim_n{size}")) is None:
@@ -392,15 +392,20 @@ def base_record(target: PremiseTarget, method: str, seed: int, size: int, step0:
     }
 
 
-def target_runs(config, workdir: Path, target: PremiseTarget, size: int, sources: dict, train=True) -> list[dict]:
-    """Every run of `target` at `size`: each method's grid on the selection seeds, then the other seeds. With
-    train=False, only the records already on disk (the chosen rate's runs once its grid is complete)."""
+def target_runs(
+    config, workdir: Path, target: PremiseTarget, size: int, sources: dict, train=True
+) -> tuple[list[dict], bool]:
+    """Every run of `target` at `size` (each method's grid on the selection seeds, then the other seeds) and
+    whether all have their record. With train=False, only the records already on disk (the chosen rate's runs
+    once its grid is complete)."""
     spec = config.skills
     selection, rest = target.seeds[: spec.selection_seeds], target.seeds[spec.selection_seeds :]
-    out, chosen = [], {}
+    out, chosen, complete = [], {}, True
 
     def runs(method, rate, seeds):
+        nonlocal complete
         records = [one_run(config, workdir, target, method, size, rate, seed, sources, train) for seed in seeds]
+        complete &= None not in records
         return [r for r in records if r is not None]
 
     for method in [m for m in target.methods if m != "sharpt_oracle"]:
@@ -412,19 +417,10 @@ def target_runs(config, workdir: Path, target: PremiseTarget, size: int, sources
         for rate, records in grid.items():
             out += [{**r, "selected": rate == chosen[method]} for r in records]
         out += runs(method, chosen[method], rest)
-    if "sharpt_oracle" in target.methods and "sharpt" in chosen:  # A diagnostic at SharPT's rate, every seed.
-        out += runs("sharpt_oracle", chosen["sharpt"], target.seeds)
-    return out
-
-
-def unit_done(config, workdir: Path, target: PremiseTarget, size: int) -> bool:
-    """Whether every run of `target` at `size` has its record on disk."""
-    spec = config.skills
-    selection, rest = target.seeds[: spec.selection_seeds], target.seeds[spec.selection_seeds :]
-    methods = [m for m in target.methods if m != "sharpt_oracle"]
-    planned = sum(len(spec.learning_rates[m]) * len(selection) + len(rest) for m in methods)
-    planned += len(target.seeds) if "sharpt_oracle" in target.methods else 0
-    return len(target_runs(config, workdir, target, size, {}, train=False)) == planned
+    if "sharpt_oracle" in target.methods:  # A diagnostic at SharPT's rate, every seed (once SharPT's is chosen).
+        complete &= "sharpt" in chosen
+        out += runs("sharpt_oracle", chosen["sharpt"], target.seeds) if "sharpt" in chosen else []
+    return out, complete
 
 
 def one_run(
