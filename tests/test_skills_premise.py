@@ -260,3 +260,37 @@ def test_diagnostics_untrained_sharpt_is_its_step0_and_extend_resumes(tiny_premi
         assert sorted(int(s) for s in extended if s.isdigit()) == list(range(2, 9, 2))
         assert all(extended[s] == original[s] for s in original if s.isdigit())  # Scored once, read back.
         assert row["validation_at_8"] >= row["validation"]
+
+
+@pytest.mark.slow
+def test_diagnostics_route_sends_every_instance_to_the_named_skills_vector(tiny_premise):
+    """scripts/premise_diagnostics.py route: each chosen-rate SharPT run again with every instance on the vector
+    that the named skill's source instances choose most (the evaluator's counts say so), paired with SharPT."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config, workdir, results = tiny_premise
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "scripts/premise_diagnostics.py", "route", f"--workdir={workdir}", "--targets=A4"]
+    subprocess.run([*cmd, "--to=copy,map"], cwd=root, check=True, capture_output=True, text=True)
+    summary = json.loads((workdir / "routed" / "results.json").read_text())
+    sharpt = {
+        r["seed"]: r
+        for r in results["runs"]
+        if (r["target"], r["method"], r["num_train"], r["selected"]) == ("A4", "sharpt", 16, True)
+    }
+    assert sorted((r["to"], r["seed"]) for r in summary["runs"]) == [
+        (s, seed) for s in ("copy", "map") for seed in sorted(sharpt)
+    ]
+    for row in summary["runs"]:
+        (source,) = [s for s in results["sources"] if s["start"] == "sharpt" and s["seed"] == row["seed"]]
+        skills = json.loads((workdir / "routed" / row["to"] / row["run"] / "eval" / "skills.json").read_text())
+        counts = np.array(next(iter(skills[str(row["best_step"])]["test"].values())))
+        assert counts.sum() == counts[source["majority"][row["to"]]] > 0
+        assert row["sharpt"] == sharpt[row["seed"]]["test"]
+    for paired in summary["paired"]:
+        routed = [r["test"] - r["sharpt"] for r in summary["runs"] if r["to"] == paired["to"]]
+        assert paired["minus_sharpt"]["mean"] == pytest.approx(np.mean(routed))
+    bad = subprocess.run([*cmd, "--to=juggle"], cwd=root, capture_output=True, text=True)
+    assert bad.returncode == 2 and "not source skills" in bad.stderr

@@ -315,7 +315,8 @@ def step0_record(config, workdir: Path, target: PremiseTarget, seed: int, source
         "encoder_mismatches": int(np.sum(chosen != evaluator)),
     }
     if "sharpt_oracle" in target.methods:
-        write_oracle(model, cfg, setup, target, seed, source["majority"], oracle_file)
+        largest = registry.PREFIX + skills_world.register_size(target.task, max(target.sizes))
+        write_routing(model, cfg, setup, largest, source["majority"], oracle_file)
         oracle_cfg = cfg.copy_and_resolve_references()
         oracle_cfg.oracle_routing = str(oracle_file)
         model.oracle = build.oracle_routing(oracle_cfg, model)
@@ -356,19 +357,19 @@ def step0_scores(model, setup, cfg, metric: str = "exact_match") -> dict:
     return out
 
 
-def write_oracle(model, cfg, setup, target: PremiseTarget, seed: int, majority: dict, path: Path) -> None:
-    """The oracle-routing file of `target`: e0 of every instance it can show (train at its largest size,
-    validation, test) as keys, and as skills the vector each instance's true skill's source instances choose most."""
-    task = registry.PREFIX + skills_world.register_size(target.task, max(target.sizes))
+def write_routing(model, cfg, setup, task: str, vector_of: dict[str, int], path: Path) -> None:
+    """A routing file for config.oracle_routing: the e0 of every instance of the seqio task `task` (train,
+    validation, test) as keys, and as skills the vector `vector_of` gives each instance's true skill (the oracle:
+    the vector that skill's source instances choose most)."""
     keys, skills = [], []
     for split in ("train", "validation", "test"):
         e0, _, truth = instances(model, task, split, cfg, setup.mesh)
         keys.append(e0)
-        skills += [majority[t] for t in truth]
+        skills += [vector_of[t] for t in truth]
     if jax.process_index() == 0:
         with storage.replacing(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, keys=np.concatenate(keys), skills=np.asarray(skills, np.int32))
-    multihost_utils.sync_global_devices("oracle file written")
+    multihost_utils.sync_global_devices("routing file written")
 
 
 # ---------------------------------------------------------------------------------------------
