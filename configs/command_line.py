@@ -15,7 +15,6 @@ that a run is never scored as another task or method (`eval_config`).
 """
 
 import importlib.util
-import json
 import re
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from absl import flags
 
 from configs import common
 from sharpt_jax import errors, storage
-from sharpt_jax.errors import ConfigError
+from sharpt_jax.errors import ConfigError, flat, same
 
 # The modes of run.py (config.mode).
 MODES = ("train", "eval", "demo", "skills")
@@ -113,26 +112,10 @@ def config_file(config_arg: str) -> tuple[ml_collections.ConfigDict, ml_collecti
         raise ConfigError(f"--config={config_arg}: {err}") from err
 
 
-def flat(config) -> dict:
-    """{"a.b": value} of every leaf field of a ConfigDict or dict."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict | ml_collections.ConfigDict):
-            out.update({f"{key}.{k}": v for k, v in flat(value).items()})
-        else:
-            out[key] = value
-    return out
-
-
 def changed(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict) -> list[str]:
     """The leaf fields of `config` whose value is not `reference`'s (or that `reference` lacks)."""
     theirs = flat(reference)
     return [field for field, value in flat(config).items() if field not in theirs or not same(value, theirs[field])]
-
-
-def same(a, b) -> bool:
-    """Equal as JSON says (a tuple equals the list config.json holds for it)."""
-    return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
 
 
 def set_field(config: ml_collections.ConfigDict, field: str, text: str | None, negated: bool = False) -> None:

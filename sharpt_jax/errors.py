@@ -1,11 +1,14 @@
-"""User mistakes as one line: `ConfigError`, and the closest names to put in its message.
+"""User mistakes as one line: `ConfigError`, the closest names to put in its message, and configs' fields.
 
 Pure Python (no JAX, no TensorFlow), so the command line (run.py, configs/) raises and prints these before anything
 slow is imported; `build.ConfigError` is this class. run.py prints a ConfigError as one line and exits with status 2.
 """
 
 import difflib
+import json
 from collections.abc import Iterable
+
+import ml_collections
 
 
 class ConfigError(ValueError):
@@ -35,3 +38,19 @@ def not_one_of(what: str, value, allowed: Iterable[str]) -> ConfigError:
     allowed = list(allowed)
     nearest = closest(str(value), allowed, n=1)
     return ConfigError(f"{what}={value!r} is not one of {', '.join(allowed)}; closest: {', '.join(nearest)}")
+
+
+def flat(config: dict | ml_collections.ConfigDict) -> dict:
+    """{"a.b": value} of every leaf field of a ConfigDict or dict."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict | ml_collections.ConfigDict):
+            out.update({f"{key}.{k}": v for k, v in flat(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def same(a, b) -> bool:
+    """Equal as JSON says (a tuple equals the list config.json holds for it)."""
+    return json.loads(json.dumps(a)) == json.loads(json.dumps(b))

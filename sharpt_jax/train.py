@@ -51,6 +51,7 @@ from sharpt_jax import (
     codebook_health,
     data,
     embedding_cache,
+    errors,
     logs,
     optim,
     scoring,
@@ -350,6 +351,7 @@ def resume(
         try:
             metadata = ckpts.metadata(step)
             check_same_run(metadata, run_record, workdir)
+            check_same_config(metadata["config"], config, workdir)
             state, _ = ckpts.restore(step, program.state)
             error = None
         except checkpoints.DamagedCheckpoint as err:
@@ -434,6 +436,46 @@ def loop(config, program: Program, batches, start_step: int, ckpts, run_record, 
     if writer is not None:
         writer.close()
     return last
+
+
+# What a resumed training may set differently from the config its checkpoint was saved with: how long it trains
+# (the schedule does not depend on num_train_steps, so a longer run continues the same one), how often it logs,
+# saves and scores, how it is scored (eval.*), where instance embeddings are cached, on which machines, and the
+# fields of the programs that chain runs (the demo's and the skills experiments' groups). Any other change would
+# alter the run midway (a learning rate, a prompt length, a loss weight), so it is refused.
+RESUME_MAY_CHANGE = (
+    "mode",
+    "num_train_steps",
+    "log_every",
+    "save_every",
+    "eval_every",
+    "instance_embedding_cache",
+    "mesh_shape",
+    "distributed",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+)
+RESUME_MAY_CHANGE_GROUPS = ("eval.", "demo.", "skills.")
+
+
+def check_same_config(saved: dict, config: ml_collections.ConfigDict, workdir: storage.Path) -> None:
+    """A resumed training runs the config its checkpoint was saved with (`saved`), but for RESUME_MAY_CHANGE;
+    ConfigError naming every other field that differs."""
+    ours, theirs = errors.flat(config), errors.flat(saved)
+    differing = [
+        f"{field} (the run's: {theirs.get(field, 'unset')!r}, now: {ours.get(field, 'unset')!r})"
+        for field in sorted(ours.keys() | theirs.keys())
+        if field not in RESUME_MAY_CHANGE
+        and not field.startswith(RESUME_MAY_CHANGE_GROUPS)
+        and not (field in ours and field in theirs and errors.same(ours[field], theirs[field]))
+    ]
+    if differing:
+        raise build.ConfigError(
+            f"{workdir} holds a run trained with another config: {'; '.join(differing)}; resume with the run's "
+            "config (only the number of steps, the log, save and eval cadence, config.eval.* and the machines may "
+            "change) or use a new --workdir"
+        )
 
 
 def check_same_run(saved: dict, current: dict, workdir: storage.Path) -> None:

@@ -283,6 +283,24 @@ def test_mismatched_source_and_foreign_workdir_are_refused(assets, source_run, t
     assert (source / "config.json").read_text() == before
 
 
+def test_a_resume_under_another_config_is_refused_but_a_longer_one_continues(assets, source_run, tmp_path):
+    """Resuming with a changed learning rate or loss weight would alter the run midway: refused, naming each field
+    and both values, the workdir untouched. More steps, another cadence or eval batch size continue the run."""
+    config, source = source_run
+    shutil.copytree(source, tmp_path, dirs_exist_ok=True)
+    steps = checkpoints.Checkpoints(tmp_path).all_steps()
+    changed = tiny_config(assets, num_train_steps=config.num_train_steps + 2, learning_rate=0.05, beta=0.5)
+    message = error_of(changed, tmp_path)
+    assert f"learning_rate (the run's: {config.learning_rate!r}, now: 0.05)" in message
+    assert f"beta (the run's: {config.beta!r}, now: 0.5)" in message and "num_train_steps" not in message
+    assert checkpoints.Checkpoints(tmp_path).all_steps() == steps
+    assert (tmp_path / "config.json").read_text() == (source / "config.json").read_text()
+    longer = tiny_config(assets, num_train_steps=config.num_train_steps + 2, save_every=2, log_every=1)
+    longer.eval.batch_size = 4
+    train.train(longer, tmp_path)
+    assert checkpoints.Checkpoints(tmp_path).all_steps()[-1] == config.num_train_steps + 2
+
+
 # ---------------------------------------------------------------------------------------------
 # Clear errors.
 # ---------------------------------------------------------------------------------------------
