@@ -23,9 +23,9 @@ here before any run and never changed to fit. A target is a spec string (tasks/s
 one `SKILL:PHRASE:CATEGORIES` part per behaviour (several parts: an instance-mixed target, each instance drawing
 its part, its words from that part's categories and its phrase from that part), `@N` its only training size (else
 `skills.sizes`). Skills: copy reverse sort first3 last3 map even rotate swap; categories: animal color fruit tool
-(the sources') body weather (held out). `--config.skills.targets` adds comma-separated specs (stratum "extra").
-Wherever config.task is read, "skills:SPEC@N" names a spec target (registered on first use); the premise's runs
-record their task that way, so resuming or scoring one needs nothing but its config.json.
+(the sources') body weather (held out). `--config.skills.targets` adds comma-separated specs (stratum "extra"; so
+no comma in a phrase). Wherever config.task is read, "skills:SPEC@N" names a spec target (registered on first use);
+the premise's runs record their task that way, so resuming or scoring one needs nothing but its config.json.
 """
 
 import ml_collections

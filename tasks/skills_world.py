@@ -249,6 +249,19 @@ def parse_spec(spec: str) -> Target:
     return Target(spec, task, num_train)
 
 
+def split_specs(text: str) -> list[str]:
+    """Comma-separated target specs (`--config.skills.targets`) -> the specs. SpecError for a piece that ends in
+    SKILL:PHRASE before another piece: a comma inside the phrase (the list cannot hold one) or missing categories."""
+    specs = [piece.strip() for piece in text.split(",")]
+    for i, piece in enumerate(specs[:-1]):
+        if piece.split(";")[-1].count(":") == 1:
+            raise SpecError(
+                f"target list {text!r}: {piece!r} is followed by {specs[i + 1]!r}; commas separate the specs, so a "
+                f"phrase cannot hold one (or its categories are missing); grammar {SPEC_GRAMMAR}"
+            )
+    return [piece for piece in specs if piece]
+
+
 def _behaviour(part: str, spec: str) -> Behaviour:
     fields = [f.strip() for f in part.split(":")]
     if len(fields) != 3 or not all(fields):

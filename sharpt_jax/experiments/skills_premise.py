@@ -76,7 +76,10 @@ def targets(config: ml_collections.ConfigDict) -> list[PremiseTarget]:
     at their sizes; ConfigError for a bad spec or an instance that the input length would cut."""
     spec = config.skills
     listed = [(stratum, s) for stratum, specs in spec.strata.items() for s in specs]
-    listed += [("extra", s) for s in spec.targets.split(",") if s.strip()]
+    try:
+        listed += [("extra", s) for s in skills_world.split_specs(spec.targets)]
+    except skills_world.SpecError as err:
+        raise build.ConfigError(f"config.skills.targets: {err}") from err
     listed += [("replay", name) for name in spec.replay]
     out = []
     for stratum, text in listed:
