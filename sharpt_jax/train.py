@@ -441,9 +441,9 @@ def loop(config, program: Program, batches, start_step: int, ckpts, run_record, 
 # What a resumed training may set differently from the config its checkpoint was saved with: how long it trains
 # (the schedule does not depend on num_train_steps, so a longer run continues the same one), how often it logs,
 # saves and scores, how it is scored (eval.*), where instance embeddings are cached and data sets are found
-# (another machine's mounts; model and data files are checked by content: `check_same_run`), on which machines, and the
-# fields of the programs that chain runs (the demo's and the skills experiments' groups). Any other change would
-# alter the run midway (a learning rate, a prompt length, a loss weight), so it is refused.
+# (another machine's mounts; model and data files are checked by content in `check_same_run`), on which
+# machines, and the fields of the programs that chain runs (the demo's and the skills experiments' groups). Any
+# other change would alter the run midway (a learning rate, a prompt length, a loss weight), so it is refused.
 RESUME_MAY_CHANGE = (
     "mode",
     "num_train_steps",
