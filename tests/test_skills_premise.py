@@ -294,3 +294,20 @@ def test_diagnostics_route_sends_every_instance_to_the_named_skills_vector(tiny_
         assert paired["minus_sharpt"]["mean"] == pytest.approx(np.mean(routed))
     bad = subprocess.run([*cmd, "--to=juggle"], cwd=root, capture_output=True, text=True)
     assert bad.returncode == 2 and "not source skills" in bad.stderr
+
+
+def test_partial_results_name_the_complete_units_and_the_started_ones():
+    """results.md of a partial run (the committed records cut to A1 at 16 examples and one seed of A2) says which
+    (target, size) units have every run and which have only some."""
+    from pathlib import Path
+
+    from sharpt_jax.experiments import skills_report
+
+    results = json.loads((Path(__file__).parents[1] / "bench/results/skills_premise/results.json").read_text())
+    kept = {("A1", 16, s) for s in range(5)} | {("A2", 16, 0)}
+    results["runs"] = [
+        r for r in results["runs"] if r["num_train"] == 0 or (r["target"], r["num_train"], r["seed"]) in kept
+    ]
+    results.update(complete=False, units_complete=["A1 n=16"])
+    (line,) = [line for line in skills_report.premise_markdown(results).splitlines() if line.startswith("PARTIAL")]
+    assert "every target run of 1 of 32 (target, size) pairs (A1 n=16), some of A2 n=16." in line

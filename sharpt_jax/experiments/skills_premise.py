@@ -148,9 +148,14 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     units = [(size, t) for size in sorted({n for t in planned for n in t.sizes}) for t in planned if size in t.sizes]
 
     def write(complete: bool) -> dict:
-        trained = [r for size, t in units for r in target_runs(config, workdir, t, size, sources, False)[0]]
+        trained, units_complete = [], []
+        for size, t in units:
+            records, unit_complete = target_runs(config, workdir, t, size, sources, False)
+            trained += records
+            units_complete += [f"{t.task.name} n={size}"] * unit_complete
         results = {
             "complete": complete,  # False while target runs are to come: results.json is rewritten per unit.
+            "units_complete": units_complete,  # The (target, size) units with every run scored.
             "targets": [target_summary(t) for t in planned],
             "runs": step0_runs + trained,
             "routing": routing,

@@ -280,12 +280,15 @@ def write_premise(results: dict, workdir: Path) -> None:
 def premise_markdown(results: dict) -> str:
     lines = []
     if not results.get("complete", True):
-        done = sorted({(r["num_train"], r["target"]) for r in results["runs"] if r["num_train"] > 0})
+        done = results["units_complete"]
+        started = sorted(
+            {f"{r['target']} n={r['num_train']}" for r in results["runs"] if r["num_train"] > 0} - set(done)
+        )
         planned = sum(len(t["sizes"]) for t in results["targets"] if t["stratum"] != "replay")
         lines += [
-            f"PARTIAL: routing and step 0 of every target; the target runs of {len(done)} of {planned} (target, size) "
-            f"pairs ({', '.join(f'{t} n={n}' for n, t in done) or 'none'}). The predictions are judged on what has "
-            "run so far.",
+            f"PARTIAL: routing and step 0 of every target; every target run of {len(done)} of {planned} (target, "
+            f"size) pairs ({', '.join(done) or 'none'}), some of {', '.join(started) or 'none'}. The predictions are "
+            "judged on what has run so far.",
             "",
         ]
     lines += ["Predictions (configs/skills.py PREDICTIONS, written before any run):", ""]
