@@ -152,7 +152,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         for size, t in units:
             records, unit_complete = target_runs(config, workdir, t, size, sources, False)
             trained += records
-            units_complete += [f"{t.task.name} n={size}"] * unit_complete
+            units_complete += [f"{t.task.name} n={size}"] * (unit_complete and bool(t.methods))  # Not replays.
         results = {
             "complete": complete,  # False while target runs are to come: results.json is rewritten per unit.
             "units_complete": units_complete,  # The (target, size) units with every run scored.
