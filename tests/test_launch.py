@@ -203,16 +203,19 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+# The results go to a file of their own: Gloo's C++ start-up lines share stdout, unflushed, and can split a line.
 RESOLVE = """
+import os
 import jax
 from sharpt_jax import checkpoints, hf_weights
 jax.distributed.initialize()  # From the SLURM variables.
-folder = hf_weights.resolve_folder_on_hosts("org/tiny")
-print("result:", folder, checkpoints.folder_checksum(folder), flush=True)
-try:
-    hf_weights.resolve_folder_on_hosts("org/missing")
-except hf_weights.CheckpointError as err:
-    print("result:", err, flush=True)
+with open(os.environ["RESULT_FILE"], "w") as out:
+    folder = hf_weights.resolve_folder_on_hosts("org/tiny")
+    print(folder, checkpoints.folder_checksum(folder), file=out, flush=True)
+    try:
+        hf_weights.resolve_folder_on_hosts("org/missing")
+    except hf_weights.CheckpointError as err:
+        print(err, file=out, flush=True)
 """
 
 
@@ -223,6 +226,7 @@ def test_a_hub_model_is_downloaded_once_by_process_0(tmp_path):
     for process_id in range(NUM_PROCESSES):
         env = {**os.environ, **slurm_env(job_id, process_id), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url}
         env.update(HF_HOME=str(tmp_path / "hf_home"), JAX_PLATFORMS="cpu")  # One HF_HOME for both: shared.
+        env.update(RESULT_FILE=str(tmp_path / f"result{process_id}.txt"))
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-c", RESOLVE], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -241,10 +245,7 @@ def test_a_hub_model_is_downloaded_once_by_process_0(tmp_path):
         "HEAD config.json",
         "HEAD model.safetensors",
     ]
-    # Gloo's C++ start-up lines share stdout (unflushed, so they may split anywhere): keep the script's own lines.
-    first, second = (
-        [line.split("result: ", 1)[1] for line in out.splitlines() if "result: " in line] for _, out, _ in results
-    )
+    first, second = ((tmp_path / f"result{i}.txt").read_text().splitlines() for i in range(NUM_PROCESSES))
     snapshot = tmp_path / "hf_home" / "hub" / "models--org--tiny" / "snapshots" / hub.commit
     assert first[0] == f"{snapshot} {_reference_checksum(snapshot, list(weights))}"
     assert second[0] == first[0]  # The same commit, the same files.
