@@ -24,15 +24,13 @@ from absl import flags
 
 from configs import common
 from sharpt_jax import errors, storage
-from sharpt_jax.errors import ConfigError, flat, same
+from sharpt_jax.errors import INVOCATION_FIELDS, ConfigError, flat, same
 
 # The modes of run.py (config.mode).
 MODES = ("train", "eval", "demo", "skills")
 # `--config.a.b=value`, `--config.a.b value`, `--config.flag` and `--noconfig.flag` (booleans, as absl writes them).
 _OVERRIDE = re.compile(r"^--?(no)?config\.([^=]+)(?:=(.*))?$", re.DOTALL)
 _NUMBER = re.compile(r"^-\d")
-# Fields of the eval mode that describe this invocation's machines, not the run: always the command line's.
-INVOCATION_FIELDS = ("mesh_shape", "distributed", "coordinator_address", "num_processes", "process_id")
 # Fields an evaluation may set differently from the run's config.json: the scoring protocol (config.eval.*: the
 # splits, decoding or rank classification, batch size, decode length) and the invocation's fields.
 EVAL_PREFIX = "eval."

@@ -129,7 +129,7 @@ def route(workdir: Path, results: dict, r: dict, skill: str) -> dict:
     from tasks import registry, skills_world
 
     folder = f"routed/{skill}"
-    routing_file = workdir / folder / r["target"] / f"seed{r['seed']}.npz"
+    routing_file = workdir / folder / r["target"] / f"n{r['num_train']}" / f"seed{r['seed']}.npz"
     if not routing_file.exists():
         config = ml_collections.ConfigDict(storage.read_json(workdir / r["run"] / "config.json"))
         majority = next(s["majority"] for s in results["sources"] if s["start"] == "sharpt" and s["seed"] == r["seed"])

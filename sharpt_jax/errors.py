@@ -40,6 +40,11 @@ def not_one_of(what: str, value, allowed: Iterable[str]) -> ConfigError:
     return ConfigError(f"{what}={value!r} is not one of {', '.join(allowed)}; closest: {', '.join(nearest)}")
 
 
+# Fields that describe an invocation's machines, not the run: the eval mode and a resume take them from the command
+# line whatever the run was trained with (configs/command_line.py, sharpt_jax/train.py).
+INVOCATION_FIELDS = ("mesh_shape", "distributed", "coordinator_address", "num_processes", "process_id")
+
+
 def flat(config: dict | ml_collections.ConfigDict) -> dict:
     """{"a.b": value} of every leaf field of a ConfigDict or dict."""
     out = {}

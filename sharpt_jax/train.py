@@ -452,11 +452,7 @@ RESUME_MAY_CHANGE = (
     "eval_every",
     "instance_embedding_cache",
     "data_dir",
-    "mesh_shape",
-    "distributed",
-    "coordinator_address",
-    "num_processes",
-    "process_id",
+    *errors.INVOCATION_FIELDS,
 )
 RESUME_MAY_CHANGE_GROUPS = ("eval.", "demo.", "skills.")
 
@@ -475,8 +471,8 @@ def check_same_config(saved: dict, config: ml_collections.ConfigDict, workdir: s
     if differing:
         raise build.ConfigError(
             f"{workdir} holds a run trained with another config: {'; '.join(differing)}; resume with the run's "
-            "config (only the number of steps, the log, save and eval cadence, config.eval.* and the machines may "
-            "change) or use a new --workdir"
+            "config (only the number of steps, the log, save and eval cadence, config.eval.*, the embedding cache "
+            "and data paths and the machines may change) or use a new --workdir"
         )
 
 

@@ -152,7 +152,8 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         for size, t in units:
             records, unit_complete = target_runs(config, workdir, t, size, sources, False)
             trained += records
-            units_complete += [f"{t.task.name} n={size}"] * (unit_complete and bool(t.methods))  # Not replays.
+            if unit_complete and t.methods:  # Replays have no target runs: not units of the plan.
+                units_complete.append(f"{t.task.name} n={size}")
         results = {
             "complete": complete,  # False while target runs are to come: results.json is rewritten per unit.
             "units_complete": units_complete,  # The (target, size) units with every run scored.
